@@ -1,0 +1,3 @@
+from innermesh.cli.main import main
+
+raise SystemExit(main())
