@@ -86,7 +86,11 @@ class ServicePort(Model):
             for msg in names.is_port_name(tp):
                 errs.add(invalid(path.child("targetPort"), tp, msg))
         if self.node_port is not None:
-            errs.add(forbidden(path.child("nodePort"), "may not be used when `type` is 'ClusterIP' or 'ExternalName'"))
+            errs.add(
+                forbidden(
+                    path.child("nodePort"), "may not be used when `type` is 'ClusterIP' or 'ExternalName'"
+                )
+            )
 
 
 class ClientIPConfig(Model):
@@ -95,7 +99,11 @@ class ClientIPConfig(Model):
     def check(self, path: FieldPath, errs: ErrorList) -> None:
         if not 0 < self.timeout_seconds <= 86400:
             errs.add(
-                invalid(path.child("timeoutSeconds"), self.timeout_seconds, "must be greater than 0 and less than 86400")
+                invalid(
+                    path.child("timeoutSeconds"),
+                    self.timeout_seconds,
+                    "must be greater than 0 and less than 86400",
+                )
             )
 
 
@@ -148,16 +156,30 @@ class ServiceSpec(Model):
             check_labels(self.selector, path.child("selector"), errs)
         self._check_cluster_ips(path, errs)
         if self.session_affinity_config is not None and self.session_affinity != "ClientIP":
-            errs.add(forbidden(path.child("sessionAffinityConfig"), "must not be set when `sessionAffinity` is None"))
+            errs.add(
+                forbidden(
+                    path.child("sessionAffinityConfig"), "must not be set when `sessionAffinity` is None"
+                )
+            )
         if self.ip_families:
             for i, fam in enumerate(self.ip_families[1:], 1):
                 if fam == self.ip_families[0]:
                     errs.add(duplicate(path.child("ipFamilies").index(i), fam))
             if len(self.ip_families) > 2:
-                errs.add(invalid(path.child("ipFamilies"), self.ip_families, "may specify no more than one IP for each IP family"))
+                errs.add(
+                    invalid(
+                        path.child("ipFamilies"),
+                        self.ip_families,
+                        "may specify no more than one IP for each IP family",
+                    )
+                )
             if self.ip_family_policy == "SingleStack" and len(self.ip_families) > 1:
                 errs.add(
-                    invalid(path.child("ipFamilies"), self.ip_families, "when ipFamilyPolicy is SingleStack, at most one family may be given")
+                    invalid(
+                        path.child("ipFamilies"),
+                        self.ip_families,
+                        "when ipFamilyPolicy is SingleStack, at most one family may be given",
+                    )
                 )
 
     def _check_external_name(self, path: FieldPath, errs: ErrorList) -> None:
@@ -204,7 +226,9 @@ class ServiceSpec(Model):
             if not problems:
                 families.append(ipaddress.ip_address(ip).version)
         if len(families) == 2 and families[0] == families[1]:
-            errs.add(invalid(path.child("clusterIPs"), ips, "may specify no more than one IP for each IP family"))
+            errs.add(
+                invalid(path.child("clusterIPs"), ips, "may specify no more than one IP for each IP family")
+            )
         if len(ips) == 2 and self.ip_family_policy in (None, "SingleStack"):
             errs.add(
                 invalid(
@@ -217,7 +241,13 @@ class ServiceSpec(Model):
             want = {"IPv4": 4, "IPv6": 6}
             for i, (fam, ver) in enumerate(zip(self.ip_families, families, strict=False)):
                 if want[fam] != ver:
-                    errs.add(invalid(path.child("clusterIPs").index(i), ips[i], f"expected an {fam} value as indicated by `ipFamilies[{i}]`"))
+                    errs.add(
+                        invalid(
+                            path.child("clusterIPs").index(i),
+                            ips[i],
+                            f"expected an {fam} value as indicated by `ipFamilies[{i}]`",
+                        )
+                    )
 
 
 class LoadBalancerStatus(Model):
@@ -271,7 +301,9 @@ def _secret_key_rules(key: str) -> list[str]:
     import re
 
     if not re.fullmatch(r"[-._a-zA-Z0-9]+", key) or len(key) > 253:
-        return ["a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name', or 'KEY_NAME', or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')"]
+        return [
+            "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name', or 'KEY_NAME', or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')"
+        ]
     return []
 
 
@@ -301,7 +333,9 @@ class Secret(Resource):
             try:
                 total += len(base64.b64decode(v, validate=True))
             except (binascii.Error, ValueError):
-                errs.add(invalid(path.child("data").key(k), "<secret contents redacted>", "must be base64-encoded"))
+                errs.add(
+                    invalid(path.child("data").key(k), "<secret contents redacted>", "must be base64-encoded")
+                )
         if total > SECRET_DATA_MAX:
             errs.add(too_long(path.child("data"), SECRET_DATA_MAX))
 

@@ -196,10 +196,14 @@ class LabelSelectorRequirement(Model):
             errs.add(invalid(path.child("key"), self.key, msg))
         if self.operator in ("In", "NotIn"):
             if not self.values:
-                errs.add(required(path.child("values"), "must be specified when `operator` is 'In' or 'NotIn'"))
+                errs.add(
+                    required(path.child("values"), "must be specified when `operator` is 'In' or 'NotIn'")
+                )
         elif self.values:
             errs.add(
-                forbidden(path.child("values"), "may not be specified when `operator` is 'Exists' or 'DoesNotExist'")
+                forbidden(
+                    path.child("values"), "may not be specified when `operator` is 'Exists' or 'DoesNotExist'"
+                )
             )
         for i, v in enumerate(self.values or []):
             for msg in names.is_label_value(v):

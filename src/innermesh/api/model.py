@@ -162,7 +162,8 @@ def _validate_int_or_string(value: object) -> int | str:
 
 
 IntOrString = Annotated[
-    int | str, AfterValidator(_validate_int_or_string),
+    int | str,
+    AfterValidator(_validate_int_or_string),
 ]
 """Kubernetes' intstr.IntOrString (targetPort, maxSurge...). Validated as one type, so that a wrong
 value gives one error rather than one per union member."""
@@ -242,7 +243,9 @@ def loc_to_path(root: type[BaseModel] | None, loc: tuple[str | int, ...], base: 
     return path
 
 
-def translate(err: ValidationError, root: type[BaseModel] | None, base: FieldPath = FieldPath()) -> list[FieldError]:
+def translate(
+    err: ValidationError, root: type[BaseModel] | None, base: FieldPath = FieldPath()
+) -> list[FieldError]:
     """Field errors for a pydantic ValidationError."""
     out: list[FieldError] = []
     for e in err.errors(include_url=False):
@@ -261,7 +264,9 @@ def translate(err: ValidationError, root: type[BaseModel] | None, base: FieldPat
         elif etype == "string_too_long":
             out.append(too_long(path, int(ctx.get("max_length", 0))))
         elif etype == "too_long":
-            out.append(too_many(path, len(value) if isinstance(value, list) else 0, int(ctx.get("max_length", 0))))
+            out.append(
+                too_many(path, len(value) if isinstance(value, list) else 0, int(ctx.get("max_length", 0)))
+            )
         elif etype in ErrorType.__members__.keys() | {t.name.lower() for t in ErrorType}:
             kind = ErrorType[etype.upper()]
             msg = e["msg"]
@@ -335,7 +340,6 @@ def duplicates(values: Iterable[T]) -> list[T]:
             dups.append(v)
         seen.add(v)
     return dups
-
 
 
 class MergeKey:

@@ -133,7 +133,9 @@ class Registry:
     def by_resource(self, group: str, version: str, plural: str) -> Kind:
         k = self._by_resource.get((group, version, plural))
         if k is None:
-            raise UnknownKind(f'the server could not find the requested resource "{plural}" in "{group or "core"}/{version}"')
+            raise UnknownKind(
+                f'the server could not find the requested resource "{plural}" in "{group or "core"}/{version}"'
+            )
         return k
 
     def in_group_version(self, group: str, version: str) -> list[Kind]:

@@ -50,14 +50,13 @@ class Requirement:
                 return present
             case "!":
                 return not present
-            case ">" | "<":
+            case _:  # ">" or "<": numeric comparisons; a label that is not a number never matches
                 try:
                     have = int(value or "")
                 except ValueError:
                     return False
                 want = int(self.values[0])
                 return have > want if self.op == ">" else have < want
-        return False  # pragma: no cover - every operator is handled above
 
 
 @dataclass(frozen=True, slots=True)

@@ -100,6 +100,21 @@ class Compacted(StoreError):
         super().__init__(f"revision {requested} is compacted (history starts at {compacted})")
 
 
+class WatchOverflow(StoreError):
+    """The watcher fell too far behind the writers (its bounded queue overflowed) and was ended, so that
+    it never holds up writes or grows without bound. Every change up to ``revision`` was delivered:
+    watch again from there (the API closes the watch; the client re-watches from its last revision)."""
+
+    def __init__(self, prefix: str, revision: int, limit: int) -> None:
+        self.prefix = prefix
+        self.revision = revision
+        self.limit = limit
+        super().__init__(
+            f"watch on prefix {prefix!r} fell more than {limit} events behind and was ended; "
+            f"watch again from revision {revision}"
+        )
+
+
 class Unavailable(StoreError):
     """The backend cannot be reached or failed; the operation may or may not have happened only if
     the message says so."""

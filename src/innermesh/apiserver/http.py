@@ -1,0 +1,494 @@
+"""The REST edge: Kubernetes' URL layout, verbs, content types and watch streams over ``Resources``.
+
+URLs, as Kubernetes lays them out::
+
+    /api/v1/<plural>                                  cluster-scoped kinds; all namespaces for the rest
+    /api/v1/namespaces/<ns>/<plural>[/<name>[/status]]
+    /apis/<group>/<version>/...                       the same below a named group
+
+Verbs: GET (get, list, or watch with ``?watch=true``), POST (create), PUT (update), PATCH (JSON merge,
+JSON patch, strategic merge), DELETE (one, or a collection). Errors are Status objects (see
+``api.status``). Bodies may be JSON or YAML; answers are JSON, or Tables when the Accept header asks
+for ``as=Table`` (kubectl's ``get``).
+
+Authentication: none on loopback; with a token configured (required by ``innermesh server`` when it
+listens on any other address), every request but the health checks needs ``Authorization: Bearer``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+from aiohttp import web
+
+from innermesh.api import status as errors
+from innermesh.api.registry import Kind, Registry, UnknownKind
+from innermesh.api.selectors import (
+    EVERYTHING,
+    FieldSelector,
+    SelectorError,
+    parse_field_selector,
+    parse_label_selector,
+)
+from innermesh.apiserver import discovery, tables
+from innermesh.apiserver.resources import MAX_BODY_BYTES, PatchType, Preconditions, Resources, Subresource
+from innermesh.store.objects import ObjectEvent
+
+log = logging.getLogger(__name__)
+
+_PATCH_TYPES: dict[str, PatchType] = {
+    "application/json-patch+json": "json",
+    "application/merge-patch+json": "merge",
+    "application/strategic-merge-patch+json": "strategic",
+}
+_HEALTH_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/version"})
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a resource URL names."""
+
+    kind: Kind
+    namespace: str | None
+    name: str | None
+    subresource: str
+
+
+def parse_resource_path(registry: Registry, path: str) -> Target:
+    """Resolve a resource URL; raise a 404 ApiError when it names nothing."""
+    parts = [p for p in path.split("/") if p]
+    if parts[:2] == ["api", "v1"]:
+        group, version, rest = "", "v1", parts[2:]
+    elif parts[:1] == ["apis"] and len(parts) >= 3:
+        group, version, rest = parts[1], parts[2], parts[3:]
+    else:
+        raise errors.path_not_found()
+    if not rest:
+        raise errors.path_not_found()
+    namespace: str | None = None
+    # /namespaces/<ns>/<plural>... is a namespaced collection unless <plural> is a subresource of the
+    # Namespace itself (/namespaces/<name>/status).
+    if rest[0] == "namespaces" and len(rest) >= 3:
+        is_namespace_subresource = group == "" and len(rest) == 3 and rest[2] in ("status", "finalize")
+        if not is_namespace_subresource:
+            namespace, rest = rest[1], rest[2:]
+    try:
+        kind = registry.by_resource(group, version, rest[0])
+    except UnknownKind as e:
+        raise errors.path_not_found(str(e)) from None
+    if namespace is not None and not kind.namespaced:
+        raise errors.path_not_found(f"{kind.kind} is not namespaced")
+    name = rest[1] if len(rest) > 1 else None
+    sub = rest[2] if len(rest) > 2 else ""
+    if len(rest) > 3 or (sub and sub not in kind.subresources):
+        raise errors.path_not_found(f'the server could not find the requested resource "{path}"')
+    return Target(kind, namespace, name, sub)
+
+
+class ApiServer:
+    def __init__(
+        self,
+        resources: Resources,
+        *,
+        token: str | None = None,
+        bookmark_interval: float = 10.0,
+        ready: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self.resources = resources
+        self.registry = resources.registry
+        self._token = token
+        self._bookmark_interval = bookmark_interval
+        self._ready = ready
+        self._openapi = discovery.openapi_v2_protobuf()
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._errors, self._auth])
+        app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        return app
+
+    # -----------------------------------------------------------------------------------------------
+    # Middleware
+
+    @web.middleware
+    async def _errors(
+        self, request: web.Request, handler: Callable[[web.Request], Any]
+    ) -> web.StreamResponse:
+        try:
+            response: web.StreamResponse = await handler(request)
+            return response
+        except errors.ApiError as e:
+            return _status_response(e)
+        except web.HTTPRequestEntityTooLarge:
+            return _status_response(errors.too_large(f"the body is larger than {MAX_BODY_BYTES} bytes"))
+        except web.HTTPException:
+            raise
+        except Exception as e:  # the edge: a bug must still answer as a Status, and be logged
+            log.exception("internal error serving %s %s", request.method, request.path)
+            return _status_response(errors.internal(f"{type(e).__name__}: {e}"))
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
+        if self._token is not None and request.path not in _HEALTH_PATHS:
+            header = request.headers.get("Authorization", "")
+            scheme, _, presented = header.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                presented.strip().encode(), self._token.encode()
+            ):
+                raise errors.unauthorized()
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    # -----------------------------------------------------------------------------------------------
+    # Dispatch
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        path = request.path.rstrip("/") or "/"
+        if request.method == "GET":
+            fixed = self._fixed_document(path)
+            if fixed is not None:
+                return fixed
+        if not path.startswith(("/api/", "/apis/")):
+            raise errors.path_not_found()
+        target = parse_resource_path(self.registry, path)
+        q = request.query
+        method = request.method
+        if target.name is None:
+            if method == "GET":
+                if q.get("watch") in ("true", "1"):
+                    return await self._watch(request, target)
+                return await self._list(request, target)
+            if method == "POST":
+                body = await _read_body(request)
+                obj = await self.resources.create(target.kind, target.namespace, body, dry_run=_dry_run(q))
+                return _json(obj, 201)
+            if method == "DELETE":
+                return await self._delete_collection(request, target)
+            raise errors.method_not_allowed(f"{method} is not supported on a collection")
+        sub: Subresource = "status" if target.subresource == "status" else ""
+        if method == "GET":
+            obj = await self.resources.get(target.kind, target.namespace, target.name)
+            if q.get("watch") in ("true", "1"):
+                raise errors.bad_request("watch a single object with a fieldSelector on metadata.name")
+            if tables.wants_table(request.headers.get("Accept", "")):
+                return _json(
+                    tables.table(target.kind, [obj], include_object=q.get("includeObject", "Metadata"))
+                )
+            return _json(obj)
+        if method == "PUT":
+            body = await _read_body(request)
+            obj = await self.resources.update(
+                target.kind,
+                target.namespace,
+                target.name,
+                body,
+                subresource=sub,
+                dry_run=_dry_run(q),
+            )
+            return _json(obj)
+        if method == "PATCH":
+            ctype = request.content_type
+            if ctype == "application/apply-patch+yaml":
+                raise errors.unsupported_media_type(
+                    "server-side apply is not supported by innermesh; use client-side apply "
+                    "(kubectl apply without --server-side, or innermesh apply)"
+                )
+            patch_type = _PATCH_TYPES.get(ctype)
+            if patch_type is None:
+                raise errors.unsupported_media_type(
+                    f"the body of the request was in an unknown format - accepted media types include: {', '.join(_PATCH_TYPES)}"
+                )
+            patch = _decode(await _read_raw(request), "application/json")
+            obj = await self.resources.patch(
+                target.kind,
+                target.namespace,
+                target.name,
+                patch_type,
+                patch,
+                subresource=sub,
+                dry_run=_dry_run(q),
+            )
+            return _json(obj)
+        if method == "DELETE":
+            if sub:
+                raise errors.method_not_allowed("DELETE is not supported on a subresource")
+            options = await _read_body(request, allow_empty=True)
+            obj = await self.resources.delete(
+                target.kind,
+                target.namespace,
+                target.name,
+                _preconditions(options),
+                dry_run=_dry_run(q, options),
+            )
+            return _json(obj)
+        raise errors.method_not_allowed(f"{method} is not supported")
+
+    def _fixed_document(self, path: str) -> web.StreamResponse | None:
+        if path in ("/healthz", "/livez"):
+            return web.Response(text="ok")
+        if path == "/readyz":
+            return web.Response(text="ok") if self._ready() else web.Response(status=503, text="not ready")
+        if path == "/version":
+            return _json(discovery.version_info())
+        if path == "/api":
+            return _json(discovery.api_versions())
+        if path == "/apis":
+            return _json(discovery.api_group_list(self.registry))
+        if path == "/openapi/v2":
+            return web.Response(body=self._openapi, content_type=discovery.OPENAPI_V2_PROTOBUF_TYPE)
+        parts = [p for p in path.split("/") if p]
+        doc: dict[str, Any] | None = None
+        if parts == ["api", "v1"]:
+            doc = discovery.api_resource_list(self.registry, "", "v1")
+        elif len(parts) == 2 and parts[0] == "apis":
+            doc = discovery.api_group(self.registry, parts[1])
+        elif len(parts) == 3 and parts[0] == "apis":
+            doc = discovery.api_resource_list(self.registry, parts[1], parts[2])
+        else:
+            return None
+        if doc is None:
+            raise errors.path_not_found()
+        return _json(doc)
+
+    # -----------------------------------------------------------------------------------------------
+    # Collections
+
+    async def _list(self, request: web.Request, target: Target) -> web.StreamResponse:
+        labels, fields = _selectors(request.query)
+        items, rev = await self.resources.list(target.kind, target.namespace, labels, fields)
+        if tables.wants_table(request.headers.get("Accept", "")):
+            return _json(
+                tables.table(target.kind, items, str(rev), request.query.get("includeObject", "Metadata"))
+            )
+        return _json(_list_body(target.kind, items, rev))
+
+    async def _delete_collection(self, request: web.Request, target: Target) -> web.StreamResponse:
+        labels, fields = _selectors(request.query)
+        options = await _read_body(request, allow_empty=True)
+        items, rev = await self.resources.list(target.kind, target.namespace, labels, fields)
+        deleted = []
+        for obj in items:
+            meta = obj["metadata"]
+            try:
+                deleted.append(
+                    await self.resources.delete(
+                        target.kind,
+                        meta.get("namespace"),
+                        meta["name"],
+                        dry_run=_dry_run(request.query, options),
+                    )
+                )
+            except errors.ApiError as e:
+                if e.code != 404:  # gone meanwhile: that is what was asked
+                    raise
+        return _json(_list_body(target.kind, deleted, rev))
+
+    async def _watch(self, request: web.Request, target: Target) -> web.StreamResponse:
+        q = request.query
+        labels, fields = _selectors(q)
+        want_table = tables.wants_table(request.headers.get("Accept", ""))
+        include = q.get("includeObject", "Metadata")
+        bookmarks = q.get("allowWatchBookmarks") in ("true", "1")
+        timeout = _float_param(q, "timeoutSeconds")
+        rv = None if q.get("sendInitialEvents") == "true" else q.get("resourceVersion")
+        if rv not in (None, "") and not (rv or "").isdigit():
+            raise errors.bad_request(f'invalid resourceVersion "{rv}": must be a non-negative integer')
+        events = self.resources.watch(target.kind, target.namespace, rv, labels, fields)
+        queue: asyncio.Queue[list[ObjectEvent] | BaseException | None] = asyncio.Queue(maxsize=64)
+        pump = asyncio.create_task(_pump(events, queue), name=f"watch-pump {request.path}")
+        response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        deadline = time.monotonic() + timeout if timeout else None
+        columns_sent = False
+        last_sent = time.monotonic()
+        progress = sent_progress = 0
+        try:
+            while True:
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    break
+                if request.transport is None or request.transport.is_closing():
+                    break
+                if bookmarks and progress > sent_progress and now - last_sent >= self._bookmark_interval:
+                    await _send(response, _bookmark(target.kind, progress))
+                    last_sent, sent_progress = now, progress
+                wait = 1.0 if deadline is None else max(0.0, min(1.0, deadline - now))
+                try:
+                    item = await asyncio.wait_for(queue.get(), timeout=wait)
+                except TimeoutError:
+                    continue
+                if item is None:
+                    break
+                if isinstance(item, BaseException):
+                    if isinstance(item, errors.ApiError):
+                        await _send(response, {"type": "ERROR", "object": item.to_status()})
+                    else:
+                        log.error("watch of %s ended by %r", request.path, item)
+                    break
+                lines = []
+                for ev in item:
+                    progress = max(progress, ev.revision)
+                    if ev.type == "BOOKMARK":
+                        continue
+                    obj: Any = ev.object
+                    if want_table and obj is not None:
+                        obj = tables.table(
+                            target.kind, [obj], with_columns=not columns_sent, include_object=include
+                        )
+                        columns_sent = True
+                    lines.append({"type": ev.type, "object": obj})
+                if lines:
+                    await _send_many(response, lines)
+                    last_sent, sent_progress = time.monotonic(), progress
+        except ConnectionResetError:
+            pass  # the client went away; nothing to tell it
+        finally:
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pump
+        return response
+
+
+async def _pump(
+    events: AsyncIterator[list[ObjectEvent]], queue: asyncio.Queue[list[ObjectEvent] | BaseException | None]
+) -> None:
+    """Move a watch's batches into a queue, so the handler can wait with a timeout without cancelling
+    the watch itself. Ends with None, or the exception that ended the watch."""
+    try:
+        async for batch in events:
+            await queue.put(batch)
+        await queue.put(None)
+    except asyncio.CancelledError:
+        raise
+    except BaseException as e:  # handed to the handler, which reports it to the client
+        await queue.put(e)
+    finally:
+        aclose = getattr(events, "aclose", None)
+        if aclose is not None:
+            with contextlib.suppress(Exception):
+                await aclose()
+
+
+def _bookmark(kind: Kind, revision: int) -> dict[str, Any]:
+    return {
+        "type": "BOOKMARK",
+        "object": {
+            "kind": kind.kind,
+            "apiVersion": kind.api_version,
+            "metadata": {"resourceVersion": str(revision)},
+        },
+    }
+
+
+async def _send(response: web.StreamResponse, event: dict[str, Any]) -> None:
+    await response.write(json.dumps(event, separators=(",", ":")).encode() + b"\n")
+
+
+async def _send_many(response: web.StreamResponse, events: list[dict[str, Any]]) -> None:
+    await response.write(b"".join(json.dumps(e, separators=(",", ":")).encode() + b"\n" for e in events))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Request and response helpers
+
+
+def _json(obj: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        body=json.dumps(obj, separators=(",", ":")).encode(), status=status, content_type="application/json"
+    )
+
+
+def _status_response(e: errors.ApiError) -> web.Response:
+    headers = {"Retry-After": str(e.retry_after)} if e.retry_after is not None else None
+    return web.Response(
+        body=json.dumps(e.to_status()).encode(),
+        status=e.code,
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def _list_body(kind: Kind, items: list[dict[str, Any]], rev: int) -> dict[str, Any]:
+    return {
+        "kind": f"{kind.kind}List",
+        "apiVersion": kind.api_version,
+        "metadata": {"resourceVersion": str(rev)},
+        "items": items,
+    }
+
+
+async def _read_raw(request: web.Request) -> bytes:
+    return await request.read()
+
+
+async def _read_body(request: web.Request, allow_empty: bool = False) -> Any:
+    raw = await _read_raw(request)
+    if not raw.strip():
+        if allow_empty:
+            return {}
+        raise errors.bad_request("the request body is empty")
+    return _decode(raw, request.content_type)
+
+
+def _decode(raw: bytes, content_type: str) -> Any:
+    if content_type in ("application/yaml", "application/x-yaml", "text/yaml"):
+        try:
+            return yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise errors.bad_request(f"the request body is not valid YAML: {e}") from None
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise errors.bad_request(f"the request body is not valid JSON: {e}") from None
+
+
+def _dry_run(q: Any, options: Any = None) -> bool:
+    values = list(q.getall("dryRun", []))
+    if isinstance(options, dict) and isinstance(options.get("dryRun"), list):
+        values += options["dryRun"]
+    for v in values:
+        if v != "All":
+            raise errors.bad_request(f'invalid dryRun value "{v}": the only supported value is "All"')
+    return bool(values)
+
+
+def _preconditions(options: Any) -> Preconditions | None:
+    if not isinstance(options, dict):
+        raise errors.bad_request("DeleteOptions must be a JSON object")
+    pre = options.get("preconditions")
+    if not pre:
+        return None
+    if not isinstance(pre, dict):
+        raise errors.bad_request("preconditions must be an object")
+    return Preconditions(uid=pre.get("uid"), resource_version=pre.get("resourceVersion"))
+
+
+def _selectors(q: Any) -> tuple[Any, FieldSelector | None]:
+    try:
+        labels = parse_label_selector(q["labelSelector"]) if q.get("labelSelector") else EVERYTHING
+        fields = parse_field_selector(q["fieldSelector"]) if q.get("fieldSelector") else None
+    except SelectorError as e:
+        raise errors.bad_request(f"unable to parse requirement: {e}") from None
+    return labels, fields
+
+
+def _float_param(q: Any, name: str) -> float | None:
+    raw = q.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise errors.bad_request(f"{name} must be a number, got {raw!r}") from None
+    if value < 0:
+        raise errors.bad_request(f"{name} must not be negative")
+    return value

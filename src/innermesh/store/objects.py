@@ -1,0 +1,126 @@
+"""API objects over a Backend: JSON encoding, resourceVersion, selector filtering, typed watch events.
+
+The backend stores bytes; this layer stores objects. It owns three rules:
+
+- **resourceVersion is the mod revision.** It is never stored inside the value; it is set on every
+  object read, so it cannot disagree with the store.
+- **Lists and watches filter by predicate** (label and field selectors, built by the API server), the
+  way Kubernetes filters above etcd.
+- **A watch reports what the watcher can see.** An object that starts matching the predicate arrives
+  as ADDED, one that stops matching as DELETED (carrying its last matching state), as Kubernetes does.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from innermesh.store.backend import Backend, Event, EventType, KeyValue
+
+Object = dict[str, Any]
+Predicate = Callable[[Object], bool]
+WatchEventType = Literal["ADDED", "MODIFIED", "DELETED", "BOOKMARK"]
+
+
+def encode(obj: Object) -> bytes:
+    meta = obj.get("metadata")
+    if isinstance(meta, dict) and "resourceVersion" in meta:
+        obj = {**obj, "metadata": {k: v for k, v in meta.items() if k != "resourceVersion"}}
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def decode(kv: KeyValue, revision: int | None = None) -> Object:
+    obj: Object = json.loads(kv.value)
+    obj.setdefault("metadata", {})["resourceVersion"] = str(
+        revision if revision is not None else kv.mod_revision
+    )
+    return obj
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectEvent:
+    """A watch event: for BOOKMARK, ``object`` is None and ``revision`` is the progress."""
+
+    type: WatchEventType
+    object: Object | None
+    revision: int
+
+
+class ObjectStore:
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    async def get(self, key: str) -> Object | None:
+        kv = await self.backend.get(key)
+        return decode(kv) if kv else None
+
+    async def list(
+        self, prefix: str, predicate: Predicate | None = None
+    ) -> tuple[builtins.list[Object], int]:
+        kvs, rev = await self.backend.list(prefix)
+        items = [decode(kv) for kv in kvs]
+        if predicate is not None:
+            items = [o for o in items if predicate(o)]
+        return items, rev
+
+    async def create(self, key: str, obj: Object) -> Object:
+        kv = await self.backend.create(key, encode(obj))
+        return _with_rv(obj, kv.mod_revision)
+
+    async def update(self, key: str, obj: Object, expected_revision: int | None) -> Object:
+        kv = await self.backend.update(key, encode(obj), expected_revision)
+        return _with_rv(obj, kv.mod_revision)
+
+    async def delete(self, key: str, expected_revision: int | None) -> tuple[Object, int]:
+        """Delete; returns the object as it was (its last resourceVersion) and the delete's revision."""
+        kv, rev = await self.backend.delete(key, expected_revision)
+        return decode(kv), rev
+
+    async def watch(
+        self, prefix: str, after_revision: int, predicate: Predicate | None = None
+    ) -> AsyncIterator[builtins.list[ObjectEvent]]:
+        """Batches of events after ``after_revision``; a batch with only a BOOKMARK reports progress.
+        Raises the backend's ``Compacted`` when that history is gone."""
+        async with self.backend.watch(prefix, after_revision) as w:
+            async for batch in w:
+                out = [e for e in (_translate(ev, predicate) for ev in batch.events) if e is not None]
+                out.append(ObjectEvent("BOOKMARK", None, batch.progress))
+                yield out
+
+
+def _with_rv(obj: Object, rev: int) -> Object:
+    meta = dict(obj.get("metadata") or {})
+    meta["resourceVersion"] = str(rev)
+    return {**obj, "metadata": meta}
+
+
+def _translate(ev: Event, predicate: Predicate | None) -> ObjectEvent | None:
+    rev = ev.revision
+    if ev.type is EventType.DELETE:
+        if ev.prev is None:  # pragma: no cover - both backends report the deleted value
+            return None
+        # A deleted object is shown in its last state with the delete's revision, as Kubernetes does.
+        old = decode(ev.prev, rev)
+        if predicate is not None and not predicate(old):
+            return None
+        return ObjectEvent("DELETED", old, rev)
+    new = decode(ev.kv)
+    new_ok = predicate is None or predicate(new)
+    if ev.prev is None:
+        return ObjectEvent("ADDED", new, rev) if new_ok else None
+    if predicate is None:
+        return ObjectEvent("MODIFIED", new, rev)
+    old = decode(ev.prev, rev)
+    old_ok = predicate(old)
+    if new_ok and old_ok:
+        return ObjectEvent("MODIFIED", new, rev)
+    if new_ok:
+        return ObjectEvent("ADDED", new, rev)
+    if old_ok:
+        # It no longer matches: to this watcher it is gone, in its last matching state at this
+        # revision (as Kubernetes' watch cache reports it).
+        return ObjectEvent("DELETED", old, rev)
+    return None
