@@ -41,6 +41,8 @@ from innermesh.api.fielderrors import (
     unknown_field,
 )
 
+ROOT = FieldPath()
+
 
 class Model(BaseModel):
     """Every schema type derives from this: strict, closed (unknown fields refused), camelCase."""
@@ -243,9 +245,7 @@ def loc_to_path(root: type[BaseModel] | None, loc: tuple[str | int, ...], base: 
     return path
 
 
-def translate(
-    err: ValidationError, root: type[BaseModel] | None, base: FieldPath = FieldPath()
-) -> list[FieldError]:
+def translate(err: ValidationError, root: type[BaseModel] | None, base: FieldPath = ROOT) -> list[FieldError]:
     """Field errors for a pydantic ValidationError."""
     out: list[FieldError] = []
     for e in err.errors(include_url=False):
@@ -318,7 +318,7 @@ class ParseFailed(Exception):
         super().__init__("; ".join(str(e) for e in errors))
 
 
-def parse(model: type[M], data: Any, base: FieldPath = FieldPath()) -> M:
+def parse(model: type[M], data: Any, base: FieldPath = ROOT) -> M:
     """Parse and fully validate ``data`` as ``model``; raise ParseFailed naming every bad field."""
     try:
         obj = model.model_validate(data)
