@@ -75,9 +75,13 @@ M = TypeVar("M", bound=Model)
 
 
 def check_error(kind: ErrorType, detail: str) -> PydanticCustomError:
-    """The error a field rule raises; the error translator turns it into a FieldError of ``kind``."""
-    # Braces in the detail would be read as a template by pydantic; escape them.
-    return PydanticCustomError(kind.name.lower(), detail.replace("{", "{{").replace("}", "}}"))
+    """The error a field rule raises; the error translator turns it into a FieldError of ``kind``.
+    The type is prefixed so that it cannot be mistaken for one of pydantic's own (``too_long``)."""
+    # No context is passed, so pydantic leaves the detail as it is (braces in regexes included).
+    return PydanticCustomError(_RULE_PREFIX + kind.name.lower(), detail)
+
+
+_RULE_PREFIX = "innermesh_"
 
 
 T = TypeVar("T")
@@ -267,8 +271,8 @@ def translate(err: ValidationError, root: type[BaseModel] | None, base: FieldPat
             out.append(
                 too_many(path, len(value) if isinstance(value, list) else 0, int(ctx.get("max_length", 0)))
             )
-        elif etype in ErrorType.__members__.keys() | {t.name.lower() for t in ErrorType}:
-            kind = ErrorType[etype.upper()]
+        elif etype.startswith(_RULE_PREFIX):
+            kind = ErrorType[etype.removeprefix(_RULE_PREFIX).upper()]
             msg = e["msg"]
             if kind is ErrorType.TOO_MANY:
                 out.append(FieldError(kind, path, msg, len(value) if isinstance(value, list) else value))
