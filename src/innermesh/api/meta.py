@@ -22,7 +22,7 @@ from innermesh.api.fielderrors import (
     required,
     too_long,
 )
-from innermesh.api.model import Model, max_length, pattern, rule
+from innermesh.api.model import MergeKey, MergeSet, Model, max_length, pattern, rule
 
 TOTAL_ANNOTATION_SIZE_MAX = 256 * 1024
 
@@ -71,8 +71,9 @@ class ObjectMeta(Model):
     deletion_grace_period_seconds: int | None = None
     labels: dict[str, str] | None = None
     annotations: dict[str, str] | None = None
-    owner_references: list[OwnerReference] | None = None
-    finalizers: list[str] | None = None
+    # Strategic merge patch merges these as Kubernetes does (patchMergeKey "uid"; finalizers as a set).
+    owner_references: Annotated[list[OwnerReference], MergeKey("uid")] | None = None
+    finalizers: Annotated[list[str], MergeSet()] | None = None
     # Server-side apply bookkeeping; innermesh does not track field managers and drops what is sent.
     managed_fields: list[dict[str, Any]] | None = None
 
