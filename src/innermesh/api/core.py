@@ -60,10 +60,10 @@ def _check_app_protocol(value: str) -> list[str]:
 
 
 class ServicePort(Model):
-    name: str | None = None
+    name: Annotated[str, rule(names.is_dns1123_label)] | None = None
     protocol: Protocol = "TCP"
     app_protocol: Annotated[str, rule(_check_app_protocol)] | None = None
-    port: int
+    port: Annotated[int, rule(names.is_port_number)]
     target_port: IntOrString | None = None
     node_port: int | None = None
 
@@ -73,11 +73,6 @@ class ServicePort(Model):
             self.target_port = self.port
 
     def check(self, path: FieldPath, errs: ErrorList) -> None:
-        if self.name:
-            for msg in names.is_dns1123_label(self.name):
-                errs.add(invalid(path.child("name"), self.name, msg))
-        for msg in names.is_port_number(self.port):
-            errs.add(invalid(path.child("port"), self.port, msg))
         tp = self.target_port
         if isinstance(tp, int):
             for msg in names.is_port_number(tp):

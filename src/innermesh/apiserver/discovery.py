@@ -145,4 +145,6 @@ def openapi_v2_protobuf() -> bytes:
     return data
 
 
-OPENAPI_V2_PROTOBUF_TYPE = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf"
+# Clients ask for "application/com.github.proto-openapi.spec.v2@v1.0+protobuf", but '@' is not legal in
+# a Content-Type and Go's mime parser rejects it; Kubernetes answers with octet-stream, and so do we.
+OPENAPI_V2_CONTENT_TYPE = "application/octet-stream"

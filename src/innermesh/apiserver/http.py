@@ -243,7 +243,7 @@ class ApiServer:
         if path == "/apis":
             return _json(discovery.api_group_list(self.registry))
         if path == "/openapi/v2":
-            return web.Response(body=self._openapi, content_type=discovery.OPENAPI_V2_PROTOBUF_TYPE)
+            return web.Response(body=self._openapi, content_type=discovery.OPENAPI_V2_CONTENT_TYPE)
         parts = [p for p in path.split("/") if p]
         doc: dict[str, Any] | None = None
         if parts == ["api", "v1"]:
