@@ -14,13 +14,13 @@ from typing import Any
 
 import aiohttp
 import pytest
-from support.eventually import eventually
 
 from innermesh.api.scheme import REGISTRY
 from innermesh.api.status import ApiError
 from innermesh.apiserver.discovery import _openapi_document_class
 from innermesh.client.http import HttpClient
 from innermesh.server import ControlPlane
+from support.eventually import eventually
 
 SVC = REGISTRY.by_gvk("v1", "Service")
 ROUTE = REGISTRY.by_gvk("gateway.networking.k8s.io/v1", "HTTPRoute")
