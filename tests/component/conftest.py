@@ -1,0 +1,111 @@
+"""Component fixtures: the real ``ControlPlane`` in process, on SQLite in a tmp dir, on port 0.
+
+- ``control_plane``: one running server with its controllers (default settings).
+- ``api``: an ``HttpClient`` to it.
+- ``start_control_plane(...)``: more servers, or one with another ``--service-cidr``, data dir, or
+  controller timings (``manager_config``: the server is then started without its own controllers and
+  given a ``ControllerManager`` built with that config over its ``LocalClient``, which is what
+  ``server.py`` does with the defaults). Every server started is stopped at teardown.
+- ``connect(plane)``: an ``HttpClient`` to a server, closed at teardown.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# The shared test helpers live in tests/support (``from support.eventually import eventually``).
+_TESTS = str(Path(__file__).resolve().parents[1])
+if _TESTS not in sys.path:
+    sys.path.insert(0, _TESTS)
+
+from innermesh.client.http import HttpClient  # noqa: E402
+from innermesh.client.local import LocalClient  # noqa: E402
+from innermesh.controllers.manager import ControllerManager, ManagerConfig  # noqa: E402
+from innermesh.server import ControlPlane, ServerConfig  # noqa: E402
+
+DEFAULT_CIDR = "10.96.0.0/16,fd00:10:96::/112"
+
+StartControlPlane = Callable[..., Awaitable[ControlPlane]]
+
+
+def url(plane: ControlPlane) -> str:
+    return f"http://127.0.0.1:{plane.port}"
+
+
+async def _start(
+    data_dir: Path,
+    *,
+    service_cidr: str = DEFAULT_CIDR,
+    manager_config: ManagerConfig | None = None,
+    controllers: bool = True,
+    identity: str = "test-server",
+    **config: Any,
+) -> ControlPlane:
+    cfg = ServerConfig(
+        listen_host="127.0.0.1",
+        listen_port=0,
+        data_dir=data_dir,
+        service_cidr=service_cidr,
+        controllers=controllers and manager_config is None,
+        identity=identity,
+        **config,
+    )
+    plane = ControlPlane(cfg)
+    await plane.start()
+    if controllers and manager_config is not None:
+        assert plane.resources is not None
+        manager = ControllerManager(
+            LocalClient(plane.resources),
+            identity=identity,
+            service_ips=plane.service_ips,
+            config=manager_config,
+        )
+        await manager.start()
+        plane.controllers = manager  # stopped by plane.stop()
+    return plane
+
+
+@pytest.fixture
+async def start_control_plane(tmp_path: Path) -> AsyncIterator[StartControlPlane]:
+    started: list[ControlPlane] = []
+    counter = 0
+
+    async def start(data_dir: Path | None = None, **kw: Any) -> ControlPlane:
+        nonlocal counter
+        counter += 1
+        plane = await _start(data_dir or tmp_path / f"data-{counter}", **kw)
+        started.append(plane)
+        return plane
+
+    yield start
+    for plane in reversed(started):
+        await plane.stop()
+
+
+@pytest.fixture
+async def connect() -> AsyncIterator[Callable[[ControlPlane], HttpClient]]:
+    clients: list[HttpClient] = []
+
+    def make(plane: ControlPlane) -> HttpClient:
+        client = HttpClient(url(plane))
+        clients.append(client)
+        return client
+
+    yield make
+    for c in clients:
+        await c.close()
+
+
+@pytest.fixture
+async def control_plane(start_control_plane: StartControlPlane) -> ControlPlane:
+    return await start_control_plane()
+
+
+@pytest.fixture
+def api(control_plane: ControlPlane, connect: Callable[[ControlPlane], HttpClient]) -> HttpClient:
+    return connect(control_plane)
