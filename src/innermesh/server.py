@@ -10,6 +10,7 @@ Kubernetes does, so a watch may resume from anything newer than that.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import contextlib
 import ipaddress
 import logging
@@ -52,7 +53,14 @@ class ServerConfig:
     compact_interval: float = 300.0
     bookmark_interval: float = 10.0
     controllers: bool = True
-    identity: str = field(default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}")
+    # Who holds the controllers' leader Lease. Stable across restarts of the same server (host and data
+    # directory), so a server that crashed takes its Lease back at once instead of waiting it out.
+    identity: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.identity:
+            digest = hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()[:8]
+            self.identity = f"{os.uname().nodename}-{digest}"
 
     @property
     def loopback(self) -> bool:
@@ -105,7 +113,9 @@ class ControlPlane:
         self.backend = await open_backend(cfg.store, cfg.data_dir, cfg.etcd_endpoints, cfg.etcd_prefix)
         self.resources = Resources(ObjectStore(self.backend), REGISTRY)
         self.service_ips = ServiceIPs(self.resources, cidrs)
-        self.resources.admission = Chain([NamespaceLifecycle(self.resources), self.service_ips])
+        self.resources.admission = Chain(
+            [NamespaceLifecycle(self.resources, protected=BOOTSTRAP_NAMESPACES), self.service_ips]
+        )
         await self._bootstrap()
         if cfg.controllers:
             self.controllers = ControllerManager(

@@ -11,22 +11,16 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-# The shared test helpers live in tests/support (``from support.eventually import eventually``).
-_TESTS = str(Path(__file__).resolve().parents[1])
-if _TESTS not in sys.path:
-    sys.path.insert(0, _TESTS)
-
-from innermesh.client.http import HttpClient  # noqa: E402
-from innermesh.client.local import LocalClient  # noqa: E402
-from innermesh.controllers.manager import ControllerManager, ManagerConfig  # noqa: E402
-from innermesh.server import ControlPlane, ServerConfig  # noqa: E402
+from innermesh.client.http import HttpClient
+from innermesh.client.local import LocalClient
+from innermesh.controllers.manager import ControllerManager, ManagerConfig
+from innermesh.server import ControlPlane, ServerConfig
 
 DEFAULT_CIDR = "10.96.0.0/16,fd00:10:96::/112"
 

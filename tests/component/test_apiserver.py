@@ -211,7 +211,7 @@ async def test_oversized_objects_and_bodies_are_413(http: tuple[aiohttp.ClientSe
     code, status = await call(http, "POST", "/api/v1/namespaces/default/services", huge)
     assert code == 413 and status["reason"] == "RequestEntityTooLarge"
     # Just over the stored-object limit, within the body limit, and valid field by field:
-    wl = {
+    wl: dict[str, Any] = {
         "apiVersion": "mesh.innermesh.io/v1alpha1",
         "kind": "Workload",
         "metadata": {"name": "w", "labels": {}},

@@ -21,7 +21,7 @@ import asyncio
 import ipaddress
 import random
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from innermesh.api import status as errors
 from innermesh.api.core import IPFamily, Namespace, Service
@@ -56,10 +56,45 @@ def parse_service_cidrs(text: str) -> list[IPNetwork]:
     return nets
 
 
-class Chain:
-    """Several admission plugins in order; each sees the previous one's result."""
+class Plugin:
+    """An admission plugin: checks and changes beyond one object's schema. Every hook is a no-op here;
+    plugins override what they need.
 
-    def __init__(self, plugins: Sequence[Any]) -> None:
+    Hooks see typed objects, except ``prepare_update``, which sees the raw body and the stored object
+    (for defaults taken from the old object, such as a Service's clusterIP when a PUT leaves it out).
+    A claim made in ``on_create``/``on_update`` is given back by ``undo_create``/``undo_update`` when the
+    write does not happen; what an update gives up is released in ``after_update``, once it is stored."""
+
+    async def on_create(self, kind: Kind, obj: Resource, dry_run: bool) -> Resource:
+        return obj
+
+    async def undo_create(self, kind: Kind, obj: Resource) -> None:
+        return None
+
+    def prepare_update(self, kind: Kind, body: Object, old: Object) -> None:
+        return None
+
+    async def on_update(self, kind: Kind, new: Resource, old: Resource, dry_run: bool) -> Resource:
+        return new
+
+    async def undo_update(self, kind: Kind, new: Resource, old: Resource) -> None:
+        return None
+
+    async def after_update(self, kind: Kind, new: Resource, old: Resource) -> None:
+        return None
+
+    def before_delete(self, kind: Kind, obj: Resource) -> None:
+        """Raise an ApiError to refuse the delete."""
+        return
+
+    async def after_delete(self, kind: Kind, old: Resource) -> None:
+        return None
+
+
+class Chain(Plugin):
+    """Several plugins in order; each sees the previous one's result."""
+
+    def __init__(self, plugins: Sequence[Plugin]) -> None:
         self.plugins = list(plugins)
 
     async def on_create(self, kind: Kind, obj: Resource, dry_run: bool) -> Resource:
@@ -80,33 +115,33 @@ class Chain:
             new = await p.on_update(kind, new, old, dry_run)
         return new
 
+    async def undo_update(self, kind: Kind, new: Resource, old: Resource) -> None:
+        for p in reversed(self.plugins):
+            await p.undo_update(kind, new, old)
+
+    async def after_update(self, kind: Kind, new: Resource, old: Resource) -> None:
+        for p in self.plugins:
+            await p.after_update(kind, new, old)
+
+    def before_delete(self, kind: Kind, obj: Resource) -> None:
+        for p in self.plugins:
+            p.before_delete(kind, obj)
+
     async def after_delete(self, kind: Kind, old: Resource) -> None:
         for p in self.plugins:
             await p.after_delete(kind, old)
 
 
-class Plugin:
-    """Base with no-op hooks; plugins override what they need."""
-
-    async def on_create(self, kind: Kind, obj: Resource, dry_run: bool) -> Resource:
-        return obj
-
-    async def undo_create(self, kind: Kind, obj: Resource) -> None:
-        return None
-
-    def prepare_update(self, kind: Kind, body: Object, old: Object) -> None:
-        return None
-
-    async def on_update(self, kind: Kind, new: Resource, old: Resource, dry_run: bool) -> Resource:
-        return new
-
-    async def after_delete(self, kind: Kind, old: Resource) -> None:
-        return None
-
-
 class NamespaceLifecycle(Plugin):
-    def __init__(self, resources: Resources) -> None:
+    def __init__(self, resources: Resources, protected: Sequence[str] = ()) -> None:
         self.resources = resources
+        # Namespaces the server itself relies on (``default``, and ``innermesh-system`` with the
+        # controllers' leader Lease) cannot be deleted, as Kubernetes protects kube-system.
+        self.protected = frozenset(protected)
+
+    def before_delete(self, kind: Kind, obj: Resource) -> None:
+        if isinstance(obj, Namespace) and obj.name in self.protected:
+            raise errors.forbidden("namespaces", obj.name, "this namespace may not be deleted")
 
     async def on_create(self, kind: Kind, obj: Resource, dry_run: bool) -> Resource:
         if isinstance(obj, Namespace):
@@ -398,9 +433,8 @@ class ServiceIPs(Plugin):
 
     async def undo_create(self, kind: Kind, obj: Resource) -> None:
         if isinstance(obj, Service):
-            for ip in obj.spec.cluster_ips or []:
-                if ip != "None":
-                    await self.release(ip, obj.namespace, obj.name)
+            for ip in _held(obj):
+                await self.release(ip, obj.namespace, obj.name)
 
     def prepare_update(self, kind: Kind, body: Object, old: Object) -> None:
         if kind.kind != "Service":
@@ -424,23 +458,17 @@ class ServiceIPs(Plugin):
     async def on_update(self, kind: Kind, new: Resource, old: Resource, dry_run: bool) -> Resource:
         if not isinstance(new, Service) or not isinstance(old, Service):
             return new
-        old_ips = [ip for ip in (old.spec.cluster_ips or []) if ip != "None"]
+        old_ips = _held(old)
         if new.spec.type == "ExternalName":
-            if not dry_run:
-                for ip in old_ips:
-                    await self.release(ip, old.namespace, old.name)
-            new.spec.cluster_ip = new.spec.cluster_ips = new.spec.ip_families = new.spec.ip_family_policy = (
-                None
-            )
+            # The addresses are released once the update is stored (after_update).
+            new.spec.cluster_ip = new.spec.cluster_ips = None
+            new.spec.ip_families = new.spec.ip_family_policy = None
             return new
         if new.spec.headless:
             return new
         fams = self._families(new)
         if len(fams) < len(old_ips):
-            # A downgrade to single-stack gives back the secondary address.
-            if not dry_run:
-                for ip in old_ips[len(fams) :]:
-                    await self.release(ip, old.namespace, old.name)
+            # A downgrade to single-stack gives back the secondary address (after_update).
             old_ips = old_ips[: len(fams)]
             new.spec.cluster_ips = old_ips
             new.spec.ip_families = fams
@@ -449,8 +477,22 @@ class ServiceIPs(Plugin):
             return new
         return await self._assign(new, dry_run, keep=old_ips)
 
+    async def undo_update(self, kind: Kind, new: Resource, old: Resource) -> None:
+        if isinstance(new, Service) and isinstance(old, Service):
+            for ip in set(_held(new)) - set(_held(old)):
+                await self.release(ip, new.namespace, new.name)
+
+    async def after_update(self, kind: Kind, new: Resource, old: Resource) -> None:
+        if isinstance(new, Service) and isinstance(old, Service):
+            for ip in set(_held(old)) - set(_held(new)):
+                await self.release(ip, old.namespace, old.name)
+
     async def after_delete(self, kind: Kind, old: Resource) -> None:
         if isinstance(old, Service):
-            for ip in old.spec.cluster_ips or []:
-                if ip != "None":
-                    await self.release(ip, old.namespace, old.name)
+            for ip in _held(old):
+                await self.release(ip, old.namespace, old.name)
+
+
+def _held(svc: Service) -> list[str]:
+    """The cluster IPs a Service holds (none for headless and ExternalName)."""
+    return [ip for ip in (svc.spec.cluster_ips or []) if ip != "None"]

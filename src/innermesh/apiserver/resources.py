@@ -24,7 +24,7 @@ import secrets
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal, TypeVar
 
 from innermesh.api import patch as patches
 from innermesh.api import status as errors
@@ -33,6 +33,7 @@ from innermesh.api.meta import Resource, now_rfc3339
 from innermesh.api.model import ParseFailed, parse
 from innermesh.api.registry import Kind, Registry
 from innermesh.api.selectors import EVERYTHING, FieldSelector, Selector
+from innermesh.apiserver.admission import Chain, Plugin
 from innermesh.store.backend import Compacted, Conflict, KeyExists, NotFound, StoreError, Unavailable
 from innermesh.store.objects import Object, ObjectEvent, ObjectStore, Predicate
 
@@ -47,40 +48,6 @@ PatchType = Literal["json", "merge", "strategic"]
 Subresource = Literal["", "status"]
 
 _NAME_SUFFIX_CHARS = "bcdfghjklmnpqrstvwxz2456789"  # Kubernetes' generateName alphabet: no vowels
-
-
-class Admission(Protocol):
-    """Checks and mutations beyond one object's schema (namespace lifecycle, ClusterIP allocation).
-
-    Hooks see typed objects; ``prepare_update`` sees the raw body and the stored object, for defaults
-    that come from the old object (a Service's clusterIP when a PUT leaves it out)."""
-
-    async def on_create(self, kind: Kind, obj: Resource, dry_run: bool) -> Resource: ...
-
-    async def undo_create(self, kind: Kind, obj: Resource) -> None: ...
-
-    def prepare_update(self, kind: Kind, body: Object, old: Object) -> None: ...
-
-    async def on_update(self, kind: Kind, new: Resource, old: Resource, dry_run: bool) -> Resource: ...
-
-    async def after_delete(self, kind: Kind, old: Resource) -> None: ...
-
-
-class NoAdmission:
-    async def on_create(self, kind: Kind, obj: Resource, dry_run: bool) -> Resource:
-        return obj
-
-    async def undo_create(self, kind: Kind, obj: Resource) -> None:
-        return None
-
-    def prepare_update(self, kind: Kind, body: Object, old: Object) -> None:
-        return None
-
-    async def on_update(self, kind: Kind, new: Resource, old: Resource, dry_run: bool) -> Resource:
-        return new
-
-    async def after_delete(self, kind: Kind, old: Resource) -> None:
-        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,14 +111,14 @@ class Resources:
         self,
         store: ObjectStore,
         registry: Registry,
-        admission: Admission | None = None,
+        admission: Plugin | None = None,
         *,
         clock: Callable[[], str] = now_rfc3339,
         new_uid: Callable[[], str] = lambda: str(uuid.uuid4()),
     ) -> None:
         self.store = store
         self.registry = registry
-        self.admission: Admission = admission or NoAdmission()
+        self.admission: Plugin = admission or Chain([])
         self._clock = clock
         self._new_uid = new_uid
 
@@ -255,17 +222,19 @@ class Resources:
             obj.pop("status", None)
         model = self._parse(kind, obj)
         model = await self.admission.on_create(kind, model, dry_run)
-        obj = self._wire(model)
-        self._check_size(kind, obj)
-        if dry_run:
-            return obj
         try:
+            obj = self._wire(model)
+            self._check_size(kind, obj)
+            if dry_run:
+                return obj
             return await self._store_call(self.store.create(kind.key(namespace, model.name), obj))
         except KeyExists:
             await self.admission.undo_create(kind, model)
             raise errors.already_exists(kind.plural, model.name, kind.group) from None
-        except errors.ApiError:
-            await self.admission.undo_create(kind, model)
+        except BaseException:
+            # Whatever admission claimed for this object (a ClusterIP) goes back.
+            if not dry_run:
+                await self.admission.undo_create(kind, model)
             raise
 
     async def update(
@@ -336,6 +305,7 @@ class Resources:
         for _ in range(MAX_RETRIES):
             current = await self.get(kind, namespace, name)
             meta = _meta(current)
+            self.admission.before_delete(kind, self._model(kind, current))
             if preconditions is not None:
                 if preconditions.uid and preconditions.uid != meta.get("uid"):
                     raise errors.conflict(
@@ -408,23 +378,29 @@ class Resources:
         if errs:
             raise errors.invalid(kind.kind, name, errs, kind.group)
         model = await self.admission.on_update(kind, model, old_model, dry_run)
-        new = self._wire(model)
-        old_gen = int(_meta(current).get("generation") or 1)
-        _meta(new)["generation"] = old_gen + 1 if _spec_part(new) != _spec_part(current) else old_gen
-        if _same(new, current):
-            return current
-        self._check_size(kind, new)
-        key = kind.key(namespace, name)
-        if _meta(new).get("deletionTimestamp") and not _finalizers(new):
-            # The last finalizer is gone: the object's deletion completes now.
+        try:
+            new = self._wire(model)
+            old_gen = int(_meta(current).get("generation") or 1)
+            _meta(new)["generation"] = old_gen + 1 if _spec_part(new) != _spec_part(current) else old_gen
+            if _same(new, current):
+                return current
+            self._check_size(kind, new)
+            key = kind.key(namespace, name)
             if dry_run:
                 return new
-            old, _rev = await self._store_call(self.store.delete(key, _rv(current)))
-            await self.admission.after_delete(kind, self._model(kind, old))
-            return new
-        if dry_run:
-            return new
-        return await self._store_call(self.store.update(key, new, _rv(current)))
+            if _meta(new).get("deletionTimestamp") and not _finalizers(new):
+                # The last finalizer is gone: the object's deletion completes now.
+                old, _rev = await self._store_call(self.store.delete(key, _rv(current)))
+                await self.admission.after_delete(kind, self._model(kind, old))
+                return new
+            stored = await self._store_call(self.store.update(key, new, _rv(current)))
+        except BaseException:
+            # The write did not happen (a lost race, a limit): give back what admission claimed for it.
+            if not dry_run:
+                await self.admission.undo_update(kind, model, old_model)
+            raise
+        await self.admission.after_update(kind, model, old_model)
+        return stored
 
     def _merge_server_fields(
         self, kind: Kind, body: Object, current: Object, subresource: Subresource
