@@ -10,8 +10,8 @@ Kubernetes does, so a watch may resume from anything newer than that.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import contextlib
+import hashlib
 import ipaddress
 import logging
 import os
@@ -188,8 +188,8 @@ async def serve(config: ServerConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await plane.start()
     try:
+        await plane.start()
         await stop.wait()
     finally:
         await plane.stop()

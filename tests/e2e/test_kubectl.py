@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from support.server_process import ServerProcess, running_server
 
 pytestmark = pytest.mark.kubectl
