@@ -44,8 +44,8 @@ class EventType(enum.Enum):
 @dataclass(frozen=True, slots=True)
 class Event:
     """One change. For PUT, ``kv`` is the new value and ``prev`` the old one (None on create). For
-    DELETE, ``kv`` holds the key, an empty value and the delete's revision as ``mod_revision``; ``prev``
-    is the value that was deleted."""
+    DELETE, ``kv`` holds the key, an empty value, ``create_revision`` 0 (as etcd) and the delete's
+    revision as ``mod_revision``; ``prev`` is the value that was deleted."""
 
     type: EventType
     kv: KeyValue
@@ -92,7 +92,9 @@ class Conflict(StoreError):
 
 
 class Compacted(StoreError):
-    """The history asked for was discarded by compaction."""
+    """The history asked for was discarded by compaction. ``requested``: the revision the watch was
+    to continue after (its ``after_revision``, or the progress it had reached); ``compacted``: the
+    oldest revision still kept (the one given to ``compact``)."""
 
     def __init__(self, requested: int, compacted: int) -> None:
         self.requested = requested
@@ -152,7 +154,8 @@ class Backend(Protocol):
         ...
 
     async def revision(self) -> int:
-        """The current revision (0 for an empty new store)."""
+        """The current revision (0 for an empty new store; on etcd, the cluster's revision: 1 for a new
+        cluster, and advanced by writes under other prefixes too)."""
         ...
 
     async def compacted_revision(self) -> int:
@@ -165,7 +168,8 @@ class Backend(Protocol):
         ...
 
     async def compact(self, revision: int) -> None:
-        """Discard history before ``revision`` (which must be <= the current revision)."""
+        """Discard history before ``revision`` (which must be <= the current revision, else
+        ``ValueError``); compacting at or before an earlier compaction changes nothing."""
         ...
 
     async def close(self) -> None: ...
