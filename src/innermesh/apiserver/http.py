@@ -326,29 +326,45 @@ class ApiServer:
                     item = await asyncio.wait_for(queue.get(), timeout=wait)
                 except TimeoutError:
                     continue
-                if item is None:
-                    break
-                if isinstance(item, BaseException):
-                    if isinstance(item, errors.ApiError):
-                        await _send(response, {"type": "ERROR", "object": item.to_status()})
-                    else:
-                        log.error("watch of %s ended by %r", request.path, item)
-                    break
-                lines = []
-                for ev in item:
+                # Coalesce what is already queued into one write: under load, the events of many
+                # small store batches (etcd sends one response per change) go out in one chunk.
+                ready: list[ObjectEvent] = []
+                end: BaseException | None = None
+                finished = False
+                while True:
+                    if item is None:
+                        finished = True
+                        break
+                    if isinstance(item, BaseException):
+                        end, finished = item, True
+                        break
+                    ready.extend(item)
+                    if queue.empty():
+                        break
+                    item = queue.get_nowait()
+                lines: list[bytes] = []
+                for ev in ready:
                     progress = max(progress, ev.revision)
-                    if ev.type == "BOOKMARK":
+                    if ev.type == "BOOKMARK" or ev.object is None:
                         continue
-                    obj: Any = ev.object
-                    if want_table and obj is not None:
+                    if want_table:
                         obj = tables.table(
-                            target.kind, [obj], with_columns=not columns_sent, include_object=include
+                            target.kind, [ev.object], with_columns=not columns_sent, include_object=include
                         )
                         columns_sent = True
-                    lines.append({"type": ev.type, "object": obj})
+                        lines.append(_event_line(ev.type, _encode(obj)))
+                    else:
+                        # The object's JSON is made once per event, whatever the number of watchers.
+                        lines.append(_event_line(ev.type, ev.object_json()))
                 if lines:
-                    await _send_many(response, lines)
+                    await response.write(b"".join(lines))
                     last_sent, sent_progress = time.monotonic(), progress
+                if finished:
+                    if isinstance(end, errors.ApiError):
+                        await _send(response, {"type": "ERROR", "object": end.to_status()})
+                    elif end is not None:
+                        log.error("watch of %s ended by %r", request.path, end)
+                    break
         except ConnectionResetError:
             pass  # the client went away; nothing to tell it
         finally:
@@ -393,8 +409,12 @@ async def _send(response: web.StreamResponse, event: dict[str, Any]) -> None:
     await response.write(json.dumps(event, separators=(",", ":")).encode() + b"\n")
 
 
-async def _send_many(response: web.StreamResponse, events: list[dict[str, Any]]) -> None:
-    await response.write(b"".join(json.dumps(e, separators=(",", ":")).encode() + b"\n" for e in events))
+def _encode(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def _event_line(event_type: str, object_json: bytes) -> bytes:
+    return b'{"type":"' + event_type.encode() + b'","object":' + object_json + b"}\n"
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import builtins
 import json
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -40,18 +41,65 @@ def decode(kv: KeyValue, revision: int | None = None) -> Object:
     return obj
 
 
+class Shared:
+    """One decoded object that every watcher receiving the same event shares, with its JSON encoding
+    made at most once. With W watchers of a kind, each change is decoded and encoded once, not W
+    times, as Kubernetes' watch cache serializes each event once. Shared objects are read-only."""
+
+    __slots__ = ("_json", "obj")
+
+    def __init__(self, obj: Object) -> None:
+        self.obj = obj
+        self._json: bytes | None = None
+
+    def json(self) -> bytes:
+        if self._json is None:
+            self._json = json.dumps(self.obj, separators=(",", ":"), ensure_ascii=False).encode()
+        return self._json
+
+
 @dataclass(frozen=True, slots=True)
 class ObjectEvent:
-    """A watch event: for BOOKMARK, ``object`` is None and ``revision`` is the progress."""
+    """A watch event: for BOOKMARK, ``object`` is None and ``revision`` is the progress. The object
+    may be shared with other watchers: read it, never change it."""
 
     type: WatchEventType
     object: Object | None
     revision: int
+    shared: Shared | None = None
+
+    def object_json(self) -> bytes:
+        """The object's JSON encoding (made once per event when it is shared)."""
+        if self.shared is not None:
+            return self.shared.json()
+        return json.dumps(self.object, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class _DecodeCache:
+    """Decoded objects by (key, mod revision, shown revision), for the watchers of one process.
+    Bounded: an event is decoded again only if watchers are more than ``size`` events apart."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._size = size
+        self._items: OrderedDict[tuple[str, int, int], Shared] = OrderedDict()
+
+    def get(self, kv: KeyValue, revision: int | None = None) -> Shared:
+        shown = revision if revision is not None else kv.mod_revision
+        k = (kv.key, kv.mod_revision, shown)
+        hit = self._items.get(k)
+        if hit is not None:
+            return hit
+        shared = Shared(decode(kv, shown))
+        self._items[k] = shared
+        if len(self._items) > self._size:
+            self._items.popitem(last=False)
+        return shared
 
 
 class ObjectStore:
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
+        self._decoded = _DecodeCache()
 
     async def get(self, key: str) -> Object | None:
         kv = await self.backend.get(key)
@@ -86,7 +134,11 @@ class ObjectStore:
         Raises the backend's ``Compacted`` when that history is gone."""
         async with self.backend.watch(prefix, after_revision) as w:
             async for batch in w:
-                out = [e for e in (_translate(ev, predicate) for ev in batch.events) if e is not None]
+                out = [
+                    e
+                    for e in (_translate(ev, predicate, self._decoded) for ev in batch.events)
+                    if e is not None
+                ]
                 out.append(ObjectEvent("BOOKMARK", None, batch.progress))
                 yield out
 
@@ -97,30 +149,30 @@ def _with_rv(obj: Object, rev: int) -> Object:
     return {**obj, "metadata": meta}
 
 
-def _translate(ev: Event, predicate: Predicate | None) -> ObjectEvent | None:
+def _translate(ev: Event, predicate: Predicate | None, cache: _DecodeCache) -> ObjectEvent | None:
     rev = ev.revision
     if ev.type is EventType.DELETE:
         if ev.prev is None:  # pragma: no cover - both backends report the deleted value
             return None
         # A deleted object is shown in its last state with the delete's revision, as Kubernetes does.
-        old = decode(ev.prev, rev)
-        if predicate is not None and not predicate(old):
+        old = cache.get(ev.prev, rev)
+        if predicate is not None and not predicate(old.obj):
             return None
-        return ObjectEvent("DELETED", old, rev)
-    new = decode(ev.kv)
-    new_ok = predicate is None or predicate(new)
+        return ObjectEvent("DELETED", old.obj, rev, old)
+    new = cache.get(ev.kv)
+    new_ok = predicate is None or predicate(new.obj)
     if ev.prev is None:
-        return ObjectEvent("ADDED", new, rev) if new_ok else None
+        return ObjectEvent("ADDED", new.obj, rev, new) if new_ok else None
     if predicate is None:
-        return ObjectEvent("MODIFIED", new, rev)
-    old = decode(ev.prev, rev)
-    old_ok = predicate(old)
+        return ObjectEvent("MODIFIED", new.obj, rev, new)
+    old = cache.get(ev.prev, rev)
+    old_ok = predicate(old.obj)
     if new_ok and old_ok:
-        return ObjectEvent("MODIFIED", new, rev)
+        return ObjectEvent("MODIFIED", new.obj, rev, new)
     if new_ok:
-        return ObjectEvent("ADDED", new, rev)
+        return ObjectEvent("ADDED", new.obj, rev, new)
     if old_ok:
         # It no longer matches: to this watcher it is gone, in its last matching state at this
         # revision (as Kubernetes' watch cache reports it).
-        return ObjectEvent("DELETED", old, rev)
+        return ObjectEvent("DELETED", old.obj, rev, old)
     return None
