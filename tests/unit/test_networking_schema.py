@@ -8,17 +8,10 @@ from typing import Any
 import pytest
 
 from innermesh.api import core, networking
+from innermesh.api.addresses import IP_INVALID, cidr_problems, endpoint_ip_problems, ip_problems
 from innermesh.api.fielderrors import ErrorList
 from innermesh.api.model import Model, ParseFailed, parse
-from innermesh.api.networking import (
-    IPAddress,
-    NetworkPolicy,
-    ServiceAccountRef,
-    cidr_problems,
-    endpoint_ip_problems,
-    ip_address_name,
-    ip_problems,
-)
+from innermesh.api.networking import IPAddress, NetworkPolicy, ServiceAccountRef, ip_address_name
 from innermesh.api.registry import Registry
 
 DNS1123_LABEL = (
@@ -476,9 +469,9 @@ def test_kinds_names_scope_and_columns() -> None:
             ["must not be an IPv4-mapped IPv6 address"],
             ["must not be an IPv4-mapped IPv6 address"],
         ),
-        ("fe80::1%eth0", [networking.IP_INVALID], [networking.IP_INVALID]),
-        (" 10.1.2.3", [networking.IP_INVALID], [networking.IP_INVALID]),
-        ("10.1.2.256", [networking.IP_INVALID], [networking.IP_INVALID]),
+        ("fe80::1%eth0", [IP_INVALID], [IP_INVALID]),
+        (" 10.1.2.3", [IP_INVALID], [IP_INVALID]),
+        ("10.1.2.256", [IP_INVALID], [IP_INVALID]),
     ],
 )
 def test_ip_problems_follow_apimachinery(value: str, canonical: list[str], strict: list[str]) -> None:

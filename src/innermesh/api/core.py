@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from innermesh.api import names
+from innermesh.api import addresses, names
 from innermesh.api.fielderrors import (
     ErrorList,
     FieldPath,
@@ -215,7 +215,7 @@ class ServiceSpec(Model):
                 if len(ips) > 1:
                     errs.add(invalid(ipath, ip, "must be a valid IP address, `None` is only allowed alone"))
                 continue
-            problems = names.is_ip(ip)
+            problems = addresses.ip_problems(ip)
             for msg in problems:
                 errs.add(invalid(ipath, ip, msg))
             if not problems:

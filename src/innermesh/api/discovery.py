@@ -30,6 +30,7 @@ from typing import Literal
 from pydantic import Field
 
 from innermesh.api import core, names
+from innermesh.api.addresses import endpoint_ip_problems, parse_ip
 from innermesh.api.fielderrors import (
     ErrorList,
     FieldPath,
@@ -40,7 +41,6 @@ from innermesh.api.fielderrors import (
 )
 from innermesh.api.meta import Resource, check_immutable
 from innermesh.api.model import Model
-from innermesh.api.networking import endpoint_ip_problems, parse_ip
 from innermesh.api.registry import Column, Kind
 
 GROUP = "discovery.k8s.io"

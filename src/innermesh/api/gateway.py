@@ -36,7 +36,6 @@ header matches and across a header modifier's set/add/remove.
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import json
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -44,6 +43,7 @@ from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import AfterValidator, Field
 
+from innermesh.api import addresses
 from innermesh.api.fielderrors import (
     ErrorList,
     ErrorType,
@@ -998,11 +998,7 @@ def _check_listeners(listeners: Sequence[Listener], path: FieldPath, errs: Error
 
 
 def _is_ip(value: str) -> bool:
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return False
-    return True
+    return addresses.parse_ip(value) is not None
 
 
 _HOSTNAME_RE = re.compile(HOSTNAME_PATTERN)

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from innermesh.api import names
+from innermesh.api.addresses import cidr_problems, endpoint_ip_problems, ip_problems, parse_ip
 from innermesh.api.fielderrors import (
     ErrorList,
     FieldPath,
@@ -26,14 +27,7 @@ from innermesh.api.fielderrors import (
 )
 from innermesh.api.meta import Condition, Resource, check_immutable
 from innermesh.api.model import Model
-from innermesh.api.networking import (
-    ServiceAccountRef,
-    check_service_account_refs,
-    cidr_problems,
-    endpoint_ip_problems,
-    ip_problems,
-    parse_ip,
-)
+from innermesh.api.networking import ServiceAccountRef, check_service_account_refs
 from innermesh.api.registry import Column, Kind
 
 GROUP = "mesh.innermesh.io"

@@ -197,19 +197,26 @@ def _quoted_options(expected: str) -> list[str]:
     return [m.group(1) or m.group(2) for m in re.finditer(r"'((?:[^'\\]|\\.)*)'|\"([^\"]*)\"", expected)]
 
 
-def _element_type(tp: Any) -> Any:
-    """Strip Annotated, Optional and ClassVar from an annotation, leaving the structural type."""
+def unwrap_annotation(tp: Any) -> tuple[Any, list[Any]]:
+    """The structural type under Annotated and Optional, and the Annotated metadata met on the way
+    (markers such as ``MergeKey``)."""
+    metadata: list[Any] = []
     while True:
         origin = typing.get_origin(tp)
         if origin is Annotated:
-            tp = typing.get_args(tp)[0]
+            tp, *extra = typing.get_args(tp)
+            metadata.extend(extra)
             continue
         if origin in (Union, types.UnionType):
             args = [a for a in typing.get_args(tp) if a is not type(None)]
             if len(args) == 1:
                 tp = args[0]
                 continue
-        return tp
+        return tp, metadata
+
+
+def _element_type(tp: Any) -> Any:
+    return unwrap_annotation(tp)[0]
 
 
 def _field_for_alias(model: type[BaseModel], name: str) -> Any:

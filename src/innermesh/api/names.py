@@ -7,7 +7,6 @@ whatever field they are checking.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 
 DNS1123_LABEL_MAX = 63
@@ -126,25 +125,3 @@ def is_port_name(value: str) -> list[str]:
 
 def is_port_number(value: int) -> list[str]:
     return [] if 1 <= value <= 65535 else ["must be between 1 and 65535, inclusive"]
-
-
-def is_ip(value: str) -> list[str]:
-    try:
-        ip = ipaddress.ip_address(value)
-    except ValueError:
-        return ["must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)"]
-    # Kubernetes refuses non-canonical spellings (leading zeros, uncompressed IPv6) so that one address
-    # has one string and comparisons by string are sound.
-    if str(ip) != value:
-        return [f'must be in canonical form ("{ip}")']
-    return []
-
-
-def is_cidr(value: str) -> list[str]:
-    try:
-        net = ipaddress.ip_network(value, strict=True)
-    except ValueError:
-        return ["must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)"]
-    if str(net) != value:
-        return [f'must be in canonical form ("{net}")']
-    return []

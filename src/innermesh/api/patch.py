@@ -31,17 +31,16 @@ from __future__ import annotations
 import copy
 import functools
 import json
-import types
 import typing
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Annotated, Any, Union
+from typing import Any
 
 import jsonpatch
 import jsonpointer
 from pydantic import BaseModel
 
-from innermesh.api.model import MergeKey, MergeSet
+from innermesh.api.model import MergeKey, MergeSet, unwrap_annotation
 
 JSON = Any
 """A JSON value as Python holds it: dict, list, str, int, float, bool or None."""
@@ -219,19 +218,8 @@ _UNKNOWN = _Field()
 
 def _describe(tp: Any, metadata: tuple[Any, ...] = ()) -> _Field:
     """Strip Annotated and Optional from an annotation, collecting the merge markers on the way."""
-    markers = list(metadata)
-    while True:
-        origin = typing.get_origin(tp)
-        if origin is Annotated:
-            tp, *extra = typing.get_args(tp)
-            markers.extend(extra)
-            continue
-        if origin in (Union, types.UnionType):
-            args = [a for a in typing.get_args(tp) if a is not type(None)]
-            if len(args) == 1:
-                tp = args[0]
-                continue
-        break
+    tp, found = unwrap_annotation(tp)
+    markers = [*metadata, *found]
     merge_key = next((m.key for m in markers if isinstance(m, MergeKey)), None)
     merge_set = any(isinstance(m, MergeSet) for m in markers)
     return _Field(tp, merge_key, merge_set)
