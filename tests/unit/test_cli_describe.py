@@ -76,9 +76,13 @@ def route(
 
 
 def test_parent_refs_name_a_service_by_kind_group_and_namespace() -> None:
-    """group "" or core, kind Service; the namespace defaults to the route's."""
+    """group "" (the core group's name; "core" is not), kind Service; the namespace defaults to the
+    route's."""
     assert parent_ref_names_service({"group": "", "kind": "Service", "name": "web"}, "demo", "demo", "web")
     assert parent_ref_names_service(
+        {"group": "", "kind": "Service", "name": "web", "namespace": "demo"}, "other", "demo", "web"
+    )
+    assert not parent_ref_names_service(
         {"group": "core", "kind": "Service", "name": "web", "namespace": "demo"}, "other", "demo", "web"
     )
     assert not parent_ref_names_service(

@@ -362,15 +362,17 @@ def test_address_type_is_immutable() -> None:
 # The kind: names and columns
 
 
-def test_kind_names_and_no_short_name() -> None:
-    """kubectl users type endpointslices; "ep" belongs to the old Endpoints kind and is not claimed."""
+def test_kind_names_and_the_ep_short_name() -> None:
+    """endpointslices, its group-qualified name, and "ep" (the legacy Endpoints kind is not served, so
+    its short name leads to its successor)."""
     registry = Registry([*core.KINDS, *discovery.KINDS])
     assert registry.resolve("endpointslices").kind == "EndpointSlice"
     assert registry.resolve("endpointslices.discovery.k8s.io").kind == "EndpointSlice"
+    assert registry.resolve("ep").kind == "EndpointSlice"
     with pytest.raises(UnknownKind):
-        registry.resolve("ep")
+        registry.resolve("endpoints")
     kind = discovery.KINDS[0]
-    assert kind.short_names == ()
+    assert kind.short_names == ("ep",)
     assert kind.strategic_merge
 
 

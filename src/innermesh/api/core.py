@@ -264,9 +264,22 @@ class Service(Resource):
         path = FieldPath.root("spec")
         new_ips, old_ips = self.spec.cluster_ips or [], old.spec.cluster_ips or []
         # Once allocated, a ClusterIP stays with the Service for its life (unless it becomes or stops
-        # being ExternalName, which has none), because clients and DNS caches hold on to it.
-        if old_ips and self.spec.type == old.spec.type and new_ips[: len(old_ips)] != old_ips:
+        # being ExternalName, which has none), because clients and DNS caches hold on to it. A
+        # secondary address may be added (upgrade to dual-stack) or given up (downgrade to
+        # SingleStack); the primary never changes.
+        if not old_ips or self.spec.type != old.spec.type:
+            return
+        shared = min(len(new_ips), len(old_ips))
+        if not new_ips or new_ips[:shared] != old_ips[:shared]:
             errs.add(invalid(path.child("clusterIPs").index(0), new_ips, "may not change once set"))
+        elif len(new_ips) < len(old_ips) and self.spec.ip_family_policy != "SingleStack":
+            errs.add(
+                invalid(
+                    path.child("clusterIPs"),
+                    new_ips,
+                    "the secondary address may be removed only when `ipFamilyPolicy` is SingleStack",
+                )
+            )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -376,7 +389,7 @@ KINDS = [
         name_rule=names.is_dns1123_label,
         strategic_merge=True,
         columns=(Column("Status", lambda o: o.status.phase or ""),),
-        subresources=("status",),
+        subresources=("status", "finalize"),
     ),
     Kind(
         group="",

@@ -294,6 +294,9 @@ KINDS = [
         kind="EndpointSlice",
         plural="endpointslices",
         model=EndpointSlice,
+        # In Kubernetes "ep" names the legacy v1 Endpoints, which innermesh does not serve; its
+        # successor answers to it here, so `get ep` shows a Service's endpoints as users expect.
+        short_names=("ep",),
         strategic_merge=True,
         columns=(
             Column("AddressType", lambda o: o.address_type),

@@ -242,6 +242,11 @@ class ParentReference(Model):
     section_name: SectionName | None = None
     port: PortNumber | None = None
 
+    @property
+    def is_service(self) -> bool:
+        """A mesh (GAMMA) parent: a Service of the core group, whose name is "" (not "core")."""
+        return self.group == "" and self.kind == "Service"
+
     def key(self, route_namespace: str) -> ParentKey:
         """The parent this reference selects, seen from a route in ``route_namespace`` ("" and 0 stand
         for an unset sectionName and port)."""

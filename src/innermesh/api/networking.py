@@ -359,3 +359,18 @@ KINDS = [
         columns=(Column("ParentRef", _parent_ref),),
     ),
 ]
+
+
+# The label and value on the IPAddresses the ClusterIP allocator makes (Kubernetes' own label name).
+IPADDRESS_MANAGED_BY_LABEL = "ipaddress.kubernetes.io/managed-by"
+IPADDRESS_MANAGED_BY = "innermesh"
+
+
+def service_ip_address(ip: str, namespace: str, name: str) -> dict[str, object]:
+    """The IPAddress that records ``ip`` as allocated to the Service ``namespace/name``."""
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "IPAddress",
+        "metadata": {"name": ip, "labels": {IPADDRESS_MANAGED_BY_LABEL: IPADDRESS_MANAGED_BY}},
+        "spec": {"parentRef": {"group": "", "resource": "services", "namespace": namespace, "name": name}},
+    }

@@ -27,6 +27,7 @@ from innermesh.api import status as errors
 from innermesh.api.core import IPFamily, Namespace, Service
 from innermesh.api.fielderrors import FieldPath, invalid
 from innermesh.api.meta import Resource
+from innermesh.api.networking import service_ip_address
 from innermesh.api.registry import Kind
 from innermesh.store.objects import Object
 
@@ -236,19 +237,7 @@ class ServiceIPs(Plugin):
 
     async def _claim(self, ip: str, svc: Service) -> bool:
         """Create the IPAddress for ``ip``; False if somebody holds it already."""
-        body = {
-            "apiVersion": "networking.k8s.io/v1",
-            "kind": "IPAddress",
-            "metadata": {"name": ip, "labels": {"ipaddress.kubernetes.io/managed-by": "innermesh"}},
-            "spec": {
-                "parentRef": {
-                    "group": "",
-                    "resource": "services",
-                    "namespace": svc.namespace,
-                    "name": svc.name,
-                }
-            },
-        }
+        body = service_ip_address(ip, svc.namespace, svc.name)
         try:
             await self.resources.create(self._ipaddress, None, body)
         except errors.ApiError as e:
@@ -425,8 +414,10 @@ class ServiceIPs(Plugin):
             spec.cluster_ip = spec.cluster_ips = spec.ip_families = spec.ip_family_policy = None
             return obj
         if spec.headless:
+            # No address, but the families say which endpoints are published: both families when the
+            # policy asks for dual-stack and the server has both.
+            spec.ip_families = self._families(obj)
             spec.cluster_ips = ["None"]
-            spec.ip_families = spec.ip_families or [self.primary]
             spec.ip_family_policy = spec.ip_family_policy or "SingleStack"
             return obj
         return await self._assign(obj, dry_run, keep=[])
@@ -454,6 +445,14 @@ class ServiceIPs(Plugin):
             for f in ("ipFamilies", "ipFamilyPolicy"):
                 if f not in new_spec and f in old_spec:
                     new_spec[f] = old_spec[f]
+        # A downgrade to SingleStack gives up the secondary address, as Kubernetes does, even when the
+        # body (from `kubectl edit`, say) still lists both.
+        old_ips = old_spec.get("clusterIPs") or []
+        if new_spec.get("ipFamilyPolicy") == "SingleStack" and len(old_ips) == 2:
+            if new_spec.get("clusterIPs") == old_ips:
+                new_spec["clusterIPs"] = old_ips[:1]
+            if new_spec.get("ipFamilies") == old_spec.get("ipFamilies") and new_spec.get("ipFamilies"):
+                new_spec["ipFamilies"] = new_spec["ipFamilies"][:1]
 
     async def on_update(self, kind: Kind, new: Resource, old: Resource, dry_run: bool) -> Resource:
         if not isinstance(new, Service) or not isinstance(old, Service):

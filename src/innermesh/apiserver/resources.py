@@ -34,7 +34,15 @@ from innermesh.api.model import ParseFailed, parse
 from innermesh.api.registry import Kind, Registry
 from innermesh.api.selectors import EVERYTHING, FieldSelector, Selector
 from innermesh.apiserver.admission import Chain, Plugin
-from innermesh.store.backend import Compacted, Conflict, KeyExists, NotFound, StoreError, Unavailable
+from innermesh.store.backend import (
+    Compacted,
+    Conflict,
+    KeyExists,
+    NotFound,
+    StoreError,
+    Unavailable,
+    WatchOverflow,
+)
 from innermesh.store.objects import Object, ObjectEvent, ObjectStore, Predicate
 
 # Kubernetes' limits: etcd refuses values over 1.5 MiB; the API server refuses bodies over 3 MiB.
@@ -45,7 +53,7 @@ MAX_RETRIES = 16
 
 T = TypeVar("T")
 PatchType = Literal["json", "merge", "strategic"]
-Subresource = Literal["", "status"]
+Subresource = Literal["", "status", "finalize"]
 
 _NAME_SUFFIX_CHARS = "bcdfghjklmnpqrstvwxz2456789"  # Kubernetes' generateName alphabet: no vowels
 
@@ -93,6 +101,37 @@ def _finalizers(obj: Object) -> list[str]:
     return fins
 
 
+def parse_resource_version(value: str | None) -> int | None:
+    """A watch's starting revision: None for "now, with the current objects first" ("" or "0")."""
+    if value in (None, "", "0"):
+        return None
+    assert value is not None
+    if not value.isdigit():
+        raise errors.bad_request(f'invalid resourceVersion "{value}": must be a non-negative integer')
+    return int(value)
+
+
+def _surely_not_written(exc: BaseException) -> bool:
+    """Did the store refuse the write (so it did not happen), rather than fail with an unknown outcome?"""
+    if isinstance(exc, KeyExists | Conflict | NotFound):
+        return True
+    return isinstance(exc, errors.ApiError) and exc.code not in (500, 503)
+
+
+def _as_version(kind: Kind, obj: Object) -> Object:
+    """The object as the requested version of its kind. The served versions of a kind share one schema
+    (Gateway API's ReferenceGrant is v1 and v1beta1), so only apiVersion differs."""
+    if obj.get("apiVersion") == kind.api_version:
+        return obj
+    return {**obj, "apiVersion": kind.api_version}
+
+
+def _event_as_version(kind: Kind, ev: ObjectEvent) -> ObjectEvent:
+    if ev.object is None or ev.object.get("apiVersion") == kind.api_version:
+        return ev
+    return ObjectEvent(ev.type, _as_version(kind, ev.object), ev.revision)
+
+
 def predicate_for(label_selector: Selector, field_selector: FieldSelector | None) -> Predicate | None:
     if not label_selector and not (field_selector and field_selector.requirements):
         return None
@@ -129,7 +168,7 @@ class Resources:
         obj = await self._store_call(self.store.get(kind.key(namespace, name)))
         if obj is None:
             raise errors.not_found(kind.plural, name, kind.group)
-        return obj
+        return _as_version(kind, obj)
 
     async def list(
         self,
@@ -143,16 +182,15 @@ class Resources:
             ns = field_selector.exact("metadata.namespace")
         name = field_selector.exact("metadata.name") if field_selector else None
         pred = predicate_for(label_selector, field_selector)
+        prefix = kind.key_prefix(ns)
         if name is not None and (ns or not kind.namespaced):
-            # One key, not a scan: ``kubectl get svc web -w`` lists with fieldSelector=metadata.name.
-            one, rev = await self._store_call(self._get_with_revision(kind.key(ns, name)))
-            return ([one] if one is not None and (pred is None or pred(one)) else []), rev
-        return await self._store_call(self.store.list(kind.key_prefix(ns), pred))
-
-    async def _get_with_revision(self, key: str) -> tuple[Object | None, int]:
-        rev = await self.store.backend.revision()
-        obj = await self.store.get(key)
-        return obj, max(rev, _rv(obj) if obj else 0)
+            # ``kubectl get svc web -w`` lists with fieldSelector=metadata.name: read the keys that
+            # start with that name (one snapshot, so the revision fits the answer), not the namespace.
+            prefix = kind.key(ns, name)
+        items, rev = await self._store_call(self.store.list(prefix, pred))
+        if name is not None:
+            items = [o for o in items if (o.get("metadata") or {}).get("name") == name]
+        return [_as_version(kind, o) for o in items], rev
 
     async def watch(
         self,
@@ -166,27 +204,28 @@ class Resources:
         Kubernetes does; with one, the changes after it, or 410 Expired if that is compacted."""
         ns = namespace if kind.namespaced else None
         pred = predicate_for(label_selector, field_selector)
-        if resource_version in (None, "", "0"):
+        start = parse_resource_version(resource_version)
+        if start is None:
             items, rev = await self.list(kind, namespace, label_selector, field_selector)
             if items:
                 yield [ObjectEvent("ADDED", o, _rv(o)) for o in items]
-            after = rev
-        else:
-            try:
-                after = int(resource_version)
-            except ValueError:
-                raise errors.bad_request(
-                    f'invalid resourceVersion "{resource_version}": must be an integer'
-                ) from None
-            if after < 0:
-                raise errors.bad_request(f'invalid resourceVersion "{resource_version}"')
+            start = rev
         try:
-            async for batch in self.store.watch(kind.key_prefix(ns), after, pred):
+            async for batch in self.store.watch(kind.key_prefix(ns), start, pred):
+                if any(
+                    ev.object is not None and ev.object.get("apiVersion") != kind.api_version for ev in batch
+                ):
+                    batch = [_event_as_version(kind, ev) for ev in batch]
                 yield batch
         except Compacted as e:
             raise errors.expired(e.requested, e.compacted) from None
+        except WatchOverflow:
+            # Too slow a reader: end the stream; the client watches again from its last revision.
+            return
         except Unavailable as e:
             raise errors.unavailable(str(e)) from None
+        except StoreError as e:
+            raise errors.internal(f"the watch failed: {e}") from None
 
     # -----------------------------------------------------------------------------------------------
     # Writes
@@ -221,19 +260,26 @@ class Resources:
             # Status is the controllers' to write, through the status subresource.
             obj.pop("status", None)
         model = self._parse(kind, obj)
+        key = kind.key(namespace, model.name)
+        if dry_run and await self._store_call(self.store.get(key)) is not None:
+            raise errors.already_exists(kind.plural, model.name, kind.group)
         model = await self.admission.on_create(kind, model, dry_run)
+        sent = False
         try:
             obj = self._wire(model)
             self._check_size(kind, obj)
             if dry_run:
                 return obj
-            return await self._store_call(self.store.create(kind.key(namespace, model.name), obj))
+            sent = True
+            return await self._store_call(self.store.create(key, obj))
         except KeyExists:
             await self.admission.undo_create(kind, model)
             raise errors.already_exists(kind.plural, model.name, kind.group) from None
-        except BaseException:
-            # Whatever admission claimed for this object (a ClusterIP) goes back.
-            if not dry_run:
+        except BaseException as e:
+            # What admission claimed for the object (a ClusterIP) goes back only if the object surely
+            # was not stored: after a write with an unknown outcome (the store became unavailable, the
+            # request was cancelled) the claim stays, and the repair controller frees it if orphaned.
+            if not dry_run and (not sent or _surely_not_written(e)):
                 await self.admission.undo_create(kind, model)
             raise
 
@@ -352,7 +398,7 @@ class Resources:
             except NotFound:
                 raise errors.not_found(kind.plural, name, kind.group) from None
             await self.admission.after_delete(kind, self._model(kind, old))
-            return old
+            return _as_version(kind, old)
         raise errors.conflict(kind.group_resource, name, kind.group, "too many concurrent writers; try again")
 
     # -----------------------------------------------------------------------------------------------
@@ -378,6 +424,7 @@ class Resources:
         if errs:
             raise errors.invalid(kind.kind, name, errs, kind.group)
         model = await self.admission.on_update(kind, model, old_model, dry_run)
+        sent = False
         try:
             new = self._wire(model)
             old_gen = int(_meta(current).get("generation") or 1)
@@ -390,13 +437,16 @@ class Resources:
                 return new
             if _meta(new).get("deletionTimestamp") and not _finalizers(new):
                 # The last finalizer is gone: the object's deletion completes now.
+                sent = True
                 old, _rev = await self._store_call(self.store.delete(key, _rv(current)))
                 await self.admission.after_delete(kind, self._model(kind, old))
                 return new
+            sent = True
             stored = await self._store_call(self.store.update(key, new, _rv(current)))
-        except BaseException:
-            # The write did not happen (a lost race, a limit): give back what admission claimed for it.
-            if not dry_run:
+        except BaseException as e:
+            # The write did not happen (a lost race, a limit): give back what admission claimed for
+            # it; after an unknown outcome the claim stays (see create).
+            if not dry_run and (not sent or _surely_not_written(e)):
                 await self.admission.undo_update(kind, model, old_model)
             raise
         await self.admission.after_update(kind, model, old_model)
@@ -406,6 +456,19 @@ class Resources:
         self, kind: Kind, body: Object, current: Object, subresource: Subresource
     ) -> Object:
         cur_meta = _meta(current)
+        body_uid = _meta(body).get("uid")
+        if body_uid and body_uid != cur_meta.get("uid"):
+            # The object was deleted and created again since the client read it.
+            raise errors.invalid(
+                kind.kind,
+                str(cur_meta.get("name")),
+                [invalid(FieldPath.root("metadata", "uid"), body_uid, "field is immutable")],
+            )
+        if subresource == "finalize":
+            # Only a Namespace's spec.finalizers changes through /finalize.
+            new = copy.deepcopy(current)
+            new.setdefault("spec", {})["finalizers"] = (body.get("spec") or {}).get("finalizers") or []
+            return new
         if subresource == "status":
             # A status write changes status and nothing else.
             new = copy.deepcopy(current)
@@ -450,6 +513,14 @@ class Resources:
                 new["status"] = copy.deepcopy(current["status"])
             else:
                 new.pop("status", None)
+        if kind.kind == "Namespace" and kind.group == "":
+            # A Namespace's finalizers change only through /finalize (its cleanup's), as in Kubernetes:
+            # a plain update dropping them would orphan the namespace's contents.
+            spec = new.setdefault("spec", {})
+            if isinstance(spec, dict):
+                spec["finalizers"] = copy.deepcopy((current.get("spec") or {}).get("finalizers"))
+                if spec["finalizers"] is None:
+                    del spec["finalizers"]
         return new
 
     def _check_body(self, kind: Kind, namespace: str | None, body: Any, name: str | None = None) -> Object:

@@ -166,11 +166,11 @@ def _route_namespace(route: Obj) -> str:
 
 
 def parent_ref_names_service(ref: Obj, route_namespace: str, svc_namespace: str, svc_name: str) -> bool:
-    """A parentRef naming a Service: kind Service, group "" or "core", namespace defaulting to the
-    route's."""
+    """A parentRef naming a Service: kind Service of the core group (""), namespace defaulting to the
+    route's (the same rule as ``ParentReference.is_service``)."""
     return (
         ref.get("kind") == "Service"
-        and ref.get("group", GATEWAY_GROUP) in ("", "core")
+        and ref.get("group", GATEWAY_GROUP) == ""
         and (ref.get("namespace") or route_namespace) == svc_namespace
         and ref.get("name") == svc_name
     )
@@ -179,7 +179,7 @@ def parent_ref_names_service(ref: Obj, route_namespace: str, svc_namespace: str,
 def backend_ref_names_service(ref: Obj, route_namespace: str, svc_namespace: str, svc_name: str) -> bool:
     return (
         ref.get("kind", "Service") == "Service"
-        and ref.get("group", "") in ("", "core")
+        and ref.get("group", "") == ""
         and (ref.get("namespace") or route_namespace) == svc_namespace
         and ref.get("name") == svc_name
     )

@@ -41,7 +41,7 @@ class Client(Protocol):
         name: str,
         body: Object,
         *,
-        subresource: Literal["", "status"] = "",
+        subresource: Literal["", "status", "finalize"] = "",
         dry_run: bool = False,
     ) -> Object: ...
 
@@ -53,7 +53,7 @@ class Client(Protocol):
         patch_type: PatchType,
         patch: Any,
         *,
-        subresource: Literal["", "status"] = "",
+        subresource: Literal["", "status", "finalize"] = "",
         dry_run: bool = False,
     ) -> Object: ...
 
@@ -81,8 +81,3 @@ class Client(Protocol):
         ...
 
     async def close(self) -> None: ...
-
-
-def typed(kind: Kind, obj: Object) -> Any:
-    """The typed model of a stored object (no rule checks: the server checked it on write)."""
-    return kind.model.model_validate(obj)

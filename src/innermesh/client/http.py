@@ -110,7 +110,7 @@ class HttpClient:
         name: str,
         body: Object,
         *,
-        subresource: Literal["", "status"] = "",
+        subresource: Literal["", "status", "finalize"] = "",
         dry_run: bool = False,
     ) -> Object:
         params = {"dryRun": "All"} if dry_run else None
@@ -127,7 +127,7 @@ class HttpClient:
         patch_type: PatchType,
         patch: Any,
         *,
-        subresource: Literal["", "status"] = "",
+        subresource: Literal["", "status", "finalize"] = "",
         dry_run: bool = False,
     ) -> Object:
         params = {"dryRun": "All"} if dry_run else None

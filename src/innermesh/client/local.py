@@ -48,7 +48,7 @@ class LocalClient:
         name: str,
         body: Object,
         *,
-        subresource: Literal["", "status"] = "",
+        subresource: Literal["", "status", "finalize"] = "",
         dry_run: bool = False,
     ) -> Object:
         return await self.resources.update(
@@ -63,7 +63,7 @@ class LocalClient:
         patch_type: PatchType,
         patch: Any,
         *,
-        subresource: Literal["", "status"] = "",
+        subresource: Literal["", "status", "finalize"] = "",
         dry_run: bool = False,
     ) -> Object:
         return await self.resources.patch(

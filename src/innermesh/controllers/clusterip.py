@@ -27,7 +27,12 @@ from typing import Protocol
 
 from innermesh.api import status as errors
 from innermesh.api.core import Service
-from innermesh.api.networking import IPAddress
+from innermesh.api.networking import (
+    IPADDRESS_MANAGED_BY,
+    IPADDRESS_MANAGED_BY_LABEL,
+    IPAddress,
+    service_ip_address,
+)
 from innermesh.api.registry import Kind
 from innermesh.client.base import Client
 from innermesh.client.informer import Informer
@@ -37,8 +42,6 @@ from innermesh.controllers.runtime import Controller, Result
 log = logging.getLogger(__name__)
 
 # The label the allocator puts on the IPAddresses it makes (apiserver.admission.ServiceIPs._claim).
-MANAGED_BY_LABEL = "ipaddress.kubernetes.io/managed-by"
-MANAGED_BY = "innermesh"
 
 REPAIR_KEY = "repair"
 
@@ -59,7 +62,7 @@ def holds(svc: Service | None, ip: str) -> bool:
 
 
 def is_managed(addr: IPAddress) -> bool:
-    return (addr.metadata.labels or {}).get(MANAGED_BY_LABEL) == MANAGED_BY
+    return (addr.metadata.labels or {}).get(IPADDRESS_MANAGED_BY_LABEL) == IPADDRESS_MANAGED_BY
 
 
 def parent_service(addr: IPAddress) -> tuple[str, str] | None:
@@ -68,17 +71,6 @@ def parent_service(addr: IPAddress) -> tuple[str, str] | None:
     if ref is None or (ref.group or "") != "" or ref.resource != "services" or not ref.name:
         return None
     return (ref.namespace or "", ref.name)
-
-
-def ip_address_body(ip: str, svc: Service) -> dict[str, object]:
-    return {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "IPAddress",
-        "metadata": {"name": ip, "labels": {MANAGED_BY_LABEL: MANAGED_BY}},
-        "spec": {
-            "parentRef": {"group": "", "resource": "services", "namespace": svc.namespace, "name": svc.name}
-        },
-    }
 
 
 class ClusterIPRepair:
@@ -191,7 +183,9 @@ class ClusterIPRepair:
         if current.metadata.uid != svc.metadata.uid or not holds(current, ip):
             return False
         try:
-            await self.client.create(self.ip_kind, None, ip_address_body(ip, current))
+            await self.client.create(
+                self.ip_kind, None, service_ip_address(ip, current.namespace, current.name)
+            )
         except errors.ApiError as e:
             if e.code == 409:
                 return False  # it exists: our cache was behind

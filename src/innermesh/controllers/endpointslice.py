@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -62,6 +61,7 @@ from innermesh.api.meta import ObjectMeta, OwnerReference
 from innermesh.api.registry import Kind
 from innermesh.client.base import Client
 from innermesh.client.informer import Informer, Key
+from innermesh.controllers.clock import Clock, LoopClock
 from innermesh.controllers.runtime import DONE, Controller, Result
 
 log = logging.getLogger(__name__)
@@ -464,16 +464,17 @@ class _Expectations:
     or write at a stale resourceVersion. An expectation lapses after ``ttl`` seconds, in case the event
     that would satisfy it was missed (for example the slice was deleted by someone else meanwhile)."""
 
-    def __init__(self, ttl: float = 5.0) -> None:
+    def __init__(self, clock: Clock, ttl: float = 5.0) -> None:
+        self.clock = clock
         self.ttl = ttl
         # service key -> slice name -> (minimum resourceVersion, or None for "deleted"; when recorded)
         self._by_service: dict[Key, dict[str, tuple[int | None, float]]] = {}
 
     def expect_write(self, service: Key, name: str, resource_version: int) -> None:
-        self._by_service.setdefault(service, {})[name] = (resource_version, time.monotonic())
+        self._by_service.setdefault(service, {})[name] = (resource_version, self.clock.now())
 
     def expect_deletion(self, service: Key, name: str) -> None:
-        self._by_service.setdefault(service, {})[name] = (None, time.monotonic())
+        self._by_service.setdefault(service, {})[name] = (None, self.clock.now())
 
     def forget_slice(self, service: Key, name: str) -> None:
         pending = self._by_service.get(service)
@@ -489,7 +490,7 @@ class _Expectations:
         pending = self._by_service.get(service)
         if not pending:
             return False
-        now = time.monotonic()
+        now = self.clock.now()
         for name, (rv, at) in list(pending.items()):
             cached = cache.get(service[0], name)
             if rv is None:
@@ -522,6 +523,7 @@ class EndpointSliceController:
         *,
         max_endpoints: int = DEFAULT_MAX_ENDPOINTS_PER_SLICE,
         workers: int = 2,
+        clock: Clock | None = None,
     ) -> None:
         self.client = client
         self.kind = slice_kind
@@ -529,7 +531,7 @@ class EndpointSliceController:
         self.workloads = workloads
         self.slices = slices
         self.max_endpoints = max_endpoints
-        self._expectations = _Expectations()
+        self._expectations = _Expectations(clock or LoopClock())
         self.controller: Controller[Key] = Controller(
             "endpointslice", self.reconcile, workers=workers, resync=self._all_keys
         )

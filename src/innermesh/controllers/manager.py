@@ -107,7 +107,13 @@ class ControllerManager:
         grants: Informer[ReferenceGrant] = self._informer(grant_kind)
 
         self.endpointslices = EndpointSliceController(
-            client, slice_kind, services, workloads, slices, max_endpoints=self.config.max_endpoints_per_slice
+            client,
+            slice_kind,
+            services,
+            workloads,
+            slices,
+            max_endpoints=self.config.max_endpoints_per_slice,
+            clock=self._clock,
         )
         self.clusterip = ClusterIPRepair(
             client,

@@ -136,7 +136,8 @@ class NamespaceController:
         else:
             spec.pop("finalizers", None)
         try:
-            await self.client.update(self.ns_kind, None, name, {**obj, "spec": spec})
+            # Through /finalize: a Namespace's finalizers change nowhere else.
+            await self.client.update(self.ns_kind, None, name, {**obj, "spec": spec}, subresource="finalize")
         except errors.ApiError as e:
             if e.code != 404:
                 raise

@@ -119,7 +119,7 @@ class StaticWorld:
 
 
 def is_service_parent(ref: ParentReference) -> bool:
-    return ref.group in ("", "core") and ref.kind == "Service"
+    return ref.is_service
 
 
 def is_gateway_parent(ref: ParentReference) -> bool:
