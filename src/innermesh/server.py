@@ -100,6 +100,7 @@ class ControlPlane:
         self.service_ips: ServiceIPs | None = None
         self.controllers: ControllerManager | None = None
         self._runner: web.AppRunner | None = None
+        self._api: ApiServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._ready = False
         self.port = config.listen_port
@@ -122,7 +123,7 @@ class ControlPlane:
                 LocalClient(self.resources), identity=cfg.identity, service_ips=self.service_ips
             )
             await self.controllers.start()
-        api = ApiServer(
+        self._api = api = ApiServer(
             self.resources, token=token, bookmark_interval=cfg.bookmark_interval, ready=lambda: self._ready
         )
         self._runner = web.AppRunner(api.app(), access_log=None, handle_signals=False)
@@ -167,18 +168,25 @@ class ControlPlane:
                 log.exception("compaction failed; will retry")
 
     async def stop(self) -> None:
+        """Stop serving, end open watches, stop the controllers, close the store. Safe to call twice."""
         self._ready = False
-        for t in self._tasks:
+        tasks, self._tasks = self._tasks, []
+        for t in tasks:
             t.cancel()
-        for t in self._tasks:
+        for t in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
-        if self._runner is not None:
-            await self._runner.cleanup()
-        if self.controllers is not None:
-            await self.controllers.stop()
-        if self.backend is not None:
-            await self.backend.close()
+        if self._api is not None:
+            self._api.close()
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+        controllers, self.controllers = self.controllers, None
+        if controllers is not None:
+            await controllers.stop()
+        backend, self.backend = self.backend, None
+        if backend is not None:
+            await backend.close()
 
 
 async def serve(config: ServerConfig) -> None:

@@ -10,13 +10,13 @@ from typing import Any
 
 import aiohttp
 import pytest
-from support.eventually import eventually
 
 from innermesh.api.scheme import REGISTRY
 from innermesh.api.status import ApiError
 from innermesh.client.http import HttpClient
 from innermesh.server import ControlPlane
 from innermesh.store.backend import Unavailable
+from support.eventually import eventually
 
 NS = REGISTRY.by_gvk("v1", "Namespace")
 SVC = REGISTRY.by_gvk("v1", "Service")

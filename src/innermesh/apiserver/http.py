@@ -40,7 +40,14 @@ from innermesh.api.selectors import (
     parse_label_selector,
 )
 from innermesh.apiserver import discovery, tables
-from innermesh.apiserver.resources import MAX_BODY_BYTES, PatchType, Preconditions, Resources, Subresource
+from innermesh.apiserver.resources import (
+    MAX_BODY_BYTES,
+    PatchType,
+    Preconditions,
+    Resources,
+    Subresource,
+    parse_resource_version,
+)
 from innermesh.store.objects import ObjectEvent
 
 log = logging.getLogger(__name__)
@@ -109,6 +116,12 @@ class ApiServer:
         self._bookmark_interval = bookmark_interval
         self._ready = ready
         self._openapi = discovery.openapi_v2_protobuf()
+        self._closing = asyncio.Event()
+
+    def close(self) -> None:
+        """End every open watch (each notices within a second) so that the server can stop: aiohttp
+        would otherwise wait for streams that never end."""
+        self._closing.set()
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._errors, self._auth])
@@ -173,7 +186,9 @@ class ApiServer:
             if method == "DELETE":
                 return await self._delete_collection(request, target)
             raise errors.method_not_allowed(f"{method} is not supported on a collection")
-        sub: Subresource = "status" if target.subresource == "status" else ""
+        sub: Subresource = (
+            target.subresource if target.subresource in ("status", "finalize") else ""  # type: ignore[assignment]
+        )
         if method == "GET":
             obj = await self.resources.get(target.kind, target.namespace, target.name)
             if q.get("watch") in ("true", "1"):
@@ -299,72 +314,29 @@ class ApiServer:
         bookmarks = q.get("allowWatchBookmarks") in ("true", "1")
         timeout = _float_param(q, "timeoutSeconds")
         rv = None if q.get("sendInitialEvents") == "true" else q.get("resourceVersion")
-        if rv not in (None, "") and not (rv or "").isdigit():
-            raise errors.bad_request(f'invalid resourceVersion "{rv}": must be a non-negative integer')
+        # Refuse a bad resourceVersion now, with a 400, before the stream's 200 goes out.
+        parse_resource_version(rv)
         events = self.resources.watch(target.kind, target.namespace, rv, labels, fields)
-        queue: asyncio.Queue[list[ObjectEvent] | BaseException | None] = asyncio.Queue(maxsize=64)
-        pump = asyncio.create_task(_pump(events, queue), name=f"watch-pump {request.path}")
         response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
         response.enable_chunked_encoding()
         await response.prepare(request)
+        stream = _WatchStream(response, target.kind, want_table, include)
+        due = self._bookmark_interval if bookmarks else None
+        pump = asyncio.create_task(stream.pump(events, due, request.path), name=f"watch-pump {request.path}")
+        # The pump writes the events as they come; this task only ends the watch (timeoutSeconds, the
+        # client gone) and sends bookmarks while it is quiet, so a batch costs one task step and one write.
         deadline = time.monotonic() + timeout if timeout else None
-        columns_sent = False
-        last_sent = time.monotonic()
-        progress = sent_progress = 0
         try:
-            while True:
+            while not pump.done():
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
                     break
-                if request.transport is None or request.transport.is_closing():
+                if request.transport is None or request.transport.is_closing() or self._closing.is_set():
                     break
-                if bookmarks and progress > sent_progress and now - last_sent >= self._bookmark_interval:
-                    await _send(response, _bookmark(target.kind, progress))
-                    last_sent, sent_progress = now, progress
+                if due is not None:
+                    await stream.bookmark_if_due(due)
                 wait = 1.0 if deadline is None else max(0.0, min(1.0, deadline - now))
-                try:
-                    item = await asyncio.wait_for(queue.get(), timeout=wait)
-                except TimeoutError:
-                    continue
-                # Coalesce what is already queued into one write: under load, the events of many
-                # small store batches (etcd sends one response per change) go out in one chunk.
-                ready: list[ObjectEvent] = []
-                end: BaseException | None = None
-                finished = False
-                while True:
-                    if item is None:
-                        finished = True
-                        break
-                    if isinstance(item, BaseException):
-                        end, finished = item, True
-                        break
-                    ready.extend(item)
-                    if queue.empty():
-                        break
-                    item = queue.get_nowait()
-                lines: list[bytes] = []
-                for ev in ready:
-                    progress = max(progress, ev.revision)
-                    if ev.type == "BOOKMARK" or ev.object is None:
-                        continue
-                    if want_table:
-                        obj = tables.table(
-                            target.kind, [ev.object], with_columns=not columns_sent, include_object=include
-                        )
-                        columns_sent = True
-                        lines.append(_event_line(ev.type, _encode(obj)))
-                    else:
-                        # The object's JSON is made once per event, whatever the number of watchers.
-                        lines.append(_event_line(ev.type, ev.object_json()))
-                if lines:
-                    await response.write(b"".join(lines))
-                    last_sent, sent_progress = time.monotonic(), progress
-                if finished:
-                    if isinstance(end, errors.ApiError):
-                        await _send(response, {"type": "ERROR", "object": end.to_status()})
-                    elif end is not None:
-                        log.error("watch of %s ended by %r", request.path, end)
-                    break
+                await asyncio.wait((pump,), timeout=wait)
         except ConnectionResetError:
             pass  # the client went away; nothing to tell it
         finally:
@@ -374,24 +346,70 @@ class ApiServer:
         return response
 
 
-async def _pump(
-    events: AsyncIterator[list[ObjectEvent]], queue: asyncio.Queue[list[ObjectEvent] | BaseException | None]
-) -> None:
-    """Move a watch's batches into a queue, so the handler can wait with a timeout without cancelling
-    the watch itself. Ends with None, or the exception that ended the watch."""
-    try:
-        async for batch in events:
-            await queue.put(batch)
-        await queue.put(None)
-    except asyncio.CancelledError:
-        raise
-    except BaseException as e:  # handed to the handler, which reports it to the client
-        await queue.put(e)
-    finally:
-        aclose = getattr(events, "aclose", None)
-        if aclose is not None:
-            with contextlib.suppress(Exception):
-                await aclose()
+class _WatchStream:
+    """The writing side of one HTTP watch: each batch of events from the store goes out as one chunk."""
+
+    def __init__(self, response: web.StreamResponse, kind: Kind, want_table: bool, include: str) -> None:
+        self._response = response
+        self._kind = kind
+        self._want_table = want_table
+        self._include = include
+        self._columns_sent = False
+        self.progress = 0  # every event up to it was written (or filtered out)
+        self._sent_progress = 0  # the progress the client knows (from an event or a bookmark)
+        self._last_sent = time.monotonic()
+
+    async def pump(
+        self, events: AsyncIterator[list[ObjectEvent]], bookmark_due: float | None, path: str
+    ) -> None:
+        """Write the watch's batches until it ends; then an ERROR event if it failed."""
+        try:
+            async for batch in events:
+                await self._write(batch)
+                if bookmark_due is not None:
+                    await self.bookmark_if_due(bookmark_due)
+        except ConnectionResetError:
+            pass  # the client went away; the handler sees the pump end
+        except errors.ApiError as e:
+            with contextlib.suppress(ConnectionResetError):
+                await _send(self._response, {"type": "ERROR", "object": e.to_status()})
+        except Exception as e:
+            log.error("watch of %s ended by %r", path, e)
+        finally:
+            aclose = getattr(events, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(Exception):
+                    await aclose()
+
+    async def _write(self, batch: list[ObjectEvent]) -> None:
+        lines: list[bytes] = []
+        progress = self.progress
+        for ev in batch:
+            if ev.revision > progress:
+                progress = ev.revision
+            if ev.type == "BOOKMARK" or ev.object is None:  # progress only
+                continue
+            if self._want_table:
+                obj = tables.table(
+                    self._kind, [ev.object], with_columns=not self._columns_sent, include_object=self._include
+                )
+                self._columns_sent = True
+                lines.append(_event_line(ev.type, _encode(obj)))
+            else:
+                # The line is made once per event, whatever the number of watchers.
+                lines.append(ev.watch_line())
+        self.progress = progress
+        if lines:
+            self._sent_progress, self._last_sent = progress, time.monotonic()
+            await self._response.write(b"".join(lines))
+
+    async def bookmark_if_due(self, interval: float) -> None:
+        """A BOOKMARK with the progress, if it moved past what the client knows and nothing was sent for
+        ``interval`` seconds."""
+        now = time.monotonic()
+        if self.progress > self._sent_progress and now - self._last_sent >= interval:
+            self._sent_progress, self._last_sent = self.progress, now
+            await _send(self._response, _bookmark(self._kind, self.progress))
 
 
 def _bookmark(kind: Kind, revision: int) -> dict[str, Any]:
@@ -459,16 +477,34 @@ async def _read_body(request: web.Request, allow_empty: bool = False) -> Any:
     return _decode(raw, request.content_type)
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML without aliases. An alias is a reference, so a few hundred bytes of anchors can expand
+    into gigabytes once anything walks the value (Kubernetes' CVE-2019-11253); request bodies are
+    refused when they use them."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]  # untyped in the stubs
+            raise yaml.composer.ComposerError(
+                None, None, "YAML aliases (*name) are not accepted in request bodies", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+
 def _decode(raw: bytes, content_type: str) -> Any:
-    if content_type in ("application/yaml", "application/x-yaml", "text/yaml"):
-        try:
-            return yaml.safe_load(raw)
-        except yaml.YAMLError as e:
-            raise errors.bad_request(f"the request body is not valid YAML: {e}") from None
     try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise errors.bad_request(f"the request body is not valid JSON: {e}") from None
+        if content_type in ("application/yaml", "application/x-yaml", "text/yaml"):
+            try:
+                return yaml.load(raw, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+            except yaml.YAMLError as e:
+                raise errors.bad_request(f"the request body is not valid YAML: {e}") from None
+        try:
+            return json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise errors.bad_request(f"the request body is not valid JSON: {e}") from None
+    except RecursionError:
+        # Nesting deeper than any object needs (thousands of levels) is refused, not a crash.
+        raise errors.bad_request("the request body is nested too deeply") from None
 
 
 def _dry_run(q: Any, options: Any = None) -> bool:

@@ -24,14 +24,31 @@ added), so one etcd cluster can hold several meshes or other data. The mapping f
   ``--experimental-watch-progress-notify-interval=1s`` (the test server does) so bookmarks flow.
   (Explicit progress requests are not used: etcd 3.4.23 can answer them ahead of pending events.)
 
+Watch streams are read over etcd's JSON gateway (``POST /v3/watch``, which etcd serves on its client
+port unless run with ``--enable-grpc-gateway=false``), not over gRPC. etcd sends a watcher that keeps up
+one response per revision, and grpcio's asyncio client hands over each response through a read of its
+own: a round trip through gRPC's completion-queue thread and two turns of the event loop (measured).
+With the loop busy serving API writes, a stream then read ~250 responses a second on a 2-core machine,
+fewer than the writes, and its watchers fell seconds behind with the backlog in gRPC's buffers (a
+thread reading gRPC's blocking API is worse still: each response needs the GIL twice). The gateway's
+responses arrive on a socket the loop reads itself, and one read takes every response that arrived
+meanwhile (``_Stream.next`` returns them as one batch). Where etcd does not serve the gateway (a 404),
+the backend falls back to gRPC for good; ``watch_transport="grpc"`` asks for gRPC from the start. The
+gateway connection has TCP keepalive (about 25 s to notice a vanished host; the gRPC channel pings).
+
 Watch streams are shared. The local watches of one prefix share one etcd stream (``_SharedStream``):
 one task reads it, keeps a ring of the last ``ring_size`` events, and fans each batch out to the
 watches' bounded queues; a watch whose queue passes ``watch_queue_limit`` is ended with
 ``WatchOverflow`` (as with SQLite), so a slow consumer never holds up the others. A watch whose start is
-older than the ring opens its own stream, with gRPC flow control as its back-pressure (a slow consumer
-makes etcd buffer or re-sync that watcher; it never blocks writers). The first watch of a prefix starts
-its shared stream; the last one to close ends it. (100 watchers following 10,000 writes: one stream
-instead of 100, ~5x faster here, the client's CPU being the bottleneck.)
+older than the ring opens its own stream, with flow control as its back-pressure (a slow consumer makes
+etcd buffer or re-sync that watcher; it never blocks writers). The first watch of a prefix starts its
+shared stream; the last one to close ends it. (100 watchers following 10,000 writes: one stream
+instead of 100, ~5x faster here, the client's CPU being the bottleneck.) Every batch handed out costs
+each watch a wake-up and, behind an HTTP watch, a write: so a shared stream hands out what it read at
+once when it has been quiet for its window, and otherwise gathers it until the window has passed since
+the last hand-out. The window is ``fanout_pace`` per local watch (20 ms for 100 watches, at most 50 ms):
+a change on a quiet stream goes out without delay, a busy stream's watches wake a bounded number of
+times a second whatever the write rate.
 
 Compaction. etcd keeps the revision it was compacted at, *except* delete tombstones at exactly that
 revision (verified against 3.4.23: compact at 4 where 4 is a delete, a watch from 4 silently misses the
@@ -47,23 +64,30 @@ revisions well behind the watchers (as Kubernetes does, minutes old) and this ca
 Failures: gRPC UNAVAILABLE / DEADLINE_EXCEEDED and friends become ``Unavailable`` naming the
 endpoints; for writes the message says the write may or may not have been applied. The channel
 reconnects by itself (backoff capped at 2 s). Several endpoints: all IPv4 literals are balanced by gRPC
-(``ipv4:`` target, pick-first with failover); otherwise only the first endpoint is used.
+(``ipv4:`` target, pick-first with failover); otherwise only the first endpoint is used. A gateway
+watch tries the endpoints in turn, from the last one that answered; a broken watch stream (either way)
+ends its watches with ``Unavailable``, and their clients watch again.
 
 Not done through aetcd's high-level ``Client.watch``: it drops response headers and event-less
 responses (so no progress) and reports compaction only through a side channel. We use aetcd's generated
-stubs and messages (``aetcd.rpc``) directly, for every call.
+stubs and messages (``aetcd.rpc``) directly, for every other call and for gRPC watches.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import bisect
 import contextlib
 import ipaddress
+import json
+import socket
 from collections import deque
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
+import aiohttp
 from aetcd import rpc
 
 from innermesh.store.backend import (
@@ -98,6 +122,36 @@ _CHANNEL_OPTIONS = (
 
 _TOO_MANY_REQUESTS = "etcdserver: too many requests"
 _MAX_WATCH_BATCH = 1024
+# The longest a busy shared stream gathers events before handing them to its watches (fanout_pace).
+_MAX_FANOUT_WINDOW = 0.05
+# The JSON gateway's answers when etcd does not serve it (--enable-grpc-gateway=false).
+_NO_GATEWAY = (404, 405, 501)
+# One gateway response line at most (gRPC's limit here is 64 MiB; JSON and base64 make it larger).
+_MAX_GATEWAY_LINE = 128 * _MiB
+# gRPC status codes by number (the gateway reports them as numbers).
+_CODE_NAMES = dict(
+    enumerate(
+        [
+            "OK",
+            "CANCELLED",
+            "UNKNOWN",
+            "INVALID_ARGUMENT",
+            "DEADLINE_EXCEEDED",
+            "NOT_FOUND",
+            "ALREADY_EXISTS",
+            "PERMISSION_DENIED",
+            "RESOURCE_EXHAUSTED",
+            "FAILED_PRECONDITION",
+            "ABORTED",
+            "OUT_OF_RANGE",
+            "UNIMPLEMENTED",
+            "INTERNAL",
+            "UNAVAILABLE",
+            "DATA_LOSS",
+            "UNAUTHENTICATED",
+        ]
+    )
+)
 
 # Codes that mean "the server said no" rather than "we could not reach it".
 _REJECTIONS = ("INVALID_ARGUMENT", "FAILED_PRECONDITION", "OUT_OF_RANGE", "RESOURCE_EXHAUSTED")
@@ -180,6 +234,8 @@ class EtcdBackend:
         max_inflight: int,
         ring_size: int,
         watch_queue_limit: int,
+        watch_transport: Literal["gateway", "grpc"],
+        fanout_pace: float,
     ) -> None:
         self.endpoints = endpoints
         self.prefix = prefix
@@ -198,6 +254,11 @@ class EtcdBackend:
         self._ended_streams: set[asyncio.Task[None]] = set()
         self.ring_size = ring_size
         self.watch_queue_limit = watch_queue_limit
+        # Watch streams go over etcd's JSON gateway until etcd turns out not to serve it.
+        self.watch_over_gateway = watch_transport == "gateway"
+        self.fanout_pace = fanout_pace
+        self._http: aiohttp.ClientSession | None = None
+        self._good_endpoint = 0
         self._closed = False
 
     @classmethod
@@ -211,6 +272,8 @@ class EtcdBackend:
         max_inflight: int = 256,
         ring_size: int = 10_000,
         watch_queue_limit: int = 10_000,
+        watch_transport: Literal["gateway", "grpc"] = "gateway",
+        fanout_pace: float = 0.0002,
     ) -> EtcdBackend:
         """Connect to etcd (``host:port`` or ``http://host:port``, one or several) and check that it
         answers; raises ``Unavailable`` naming the endpoints if it does not. Keys live under ``prefix``
@@ -218,7 +281,12 @@ class EtcdBackend:
         per request; ``list_page``: keys per page of a list; ``max_inflight``: requests in flight;
         ``ring_size``: recent events a shared watch stream keeps for watches that join it;
         ``watch_queue_limit``: events a watch on a shared stream may have pending before it is ended
-        with ``WatchOverflow``."""
+        with ``WatchOverflow``; ``watch_transport``: how watch streams are read, ``"gateway"`` (etcd's
+        JSON gateway, falling back to gRPC when etcd does not serve it) or ``"grpc"``; ``fanout_pace``:
+        on a busy shared stream, seconds per local watch (at most 50 ms in all) to gather events
+        before handing them out (0: every response at once)."""
+        if watch_transport not in ("gateway", "grpc"):
+            raise ValueError(f"watch_transport must be 'gateway' or 'grpc', not {watch_transport!r}")
         if isinstance(endpoints, str):
             endpoints = [e for e in endpoints.split(",") if e.strip()]
         parsed = tuple(_parse_endpoint(e) for e in endpoints)
@@ -236,6 +304,8 @@ class EtcdBackend:
             max_inflight=max_inflight,
             ring_size=ring_size,
             watch_queue_limit=watch_queue_limit,
+            watch_transport=watch_transport,
+            fanout_pace=fanout_pace,
         )
         try:
             await backend.revision()
@@ -253,8 +323,12 @@ class EtcdBackend:
     def translate(self, exc: Any, what: str, *, write: bool = False) -> StoreError:
         """A gRPC error from etcd as the contract's error."""
         code = exc.code()
-        details = str(exc.details() or "")
-        name = getattr(code, "name", str(code))
+        return self.translate_status(
+            getattr(code, "name", str(code)), str(exc.details() or ""), what, write=write
+        )
+
+    def translate_status(self, name: str, details: str, what: str, *, write: bool = False) -> StoreError:
+        """An error from etcd, by gRPC status code name and message, as the contract's error."""
         if name == "OUT_OF_RANGE" and "compacted" in details:
             return _RevisionCompacted(details)
         if name == "OUT_OF_RANGE" and "future revision" in details:
@@ -281,6 +355,25 @@ class EtcdBackend:
                         delay *= 2
                         continue
                     raise self.translate(exc, what, write=write) from exc
+
+    def http_session(self) -> aiohttp.ClientSession:
+        """The HTTP client of the watch streams read over etcd's JSON gateway (one connection each)."""
+        self.check_open()
+        if self._http is None:
+            self._http = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, force_close=True),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._timeout),
+                read_bufsize=4 * _MiB,
+            )
+        return self._http
+
+    def endpoints_from_last_good(self) -> list[str]:
+        """The endpoints in order, starting with the last one that answered."""
+        first = self._good_endpoint
+        return list(self.endpoints[first:] + self.endpoints[:first])
+
+    def note_good_endpoint(self, endpoint: str) -> None:
+        self._good_endpoint = self.endpoints.index(endpoint)
 
     def key(self, key: str) -> bytes:
         return self._prefix + key.encode()
@@ -466,6 +559,8 @@ class EtcdBackend:
         for stream in list(self._streams.values()):
             stream.shutdown()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._http is not None:
+            await self._http.close()
         await self._channel.close()
 
     async def __aenter__(self) -> EtcdBackend:
@@ -475,48 +570,74 @@ class EtcdBackend:
         await self.close()
 
 
+@dataclass(slots=True)
+class _Response:
+    """One etcd WatchResponse, whichever way it came."""
+
+    revision: int  # the header's
+    events: list[Event]
+    created: bool = False
+    fragment: bool = False
+    canceled: bool = False
+    cancel_reason: str = ""
+    compact_revision: int = 0
+
+
 class _Stream:
-    """One etcd watch stream on a prefix after a revision: opens it, reads the responses, reassembles
+    """One etcd watch on a prefix after a revision: opens it, reads the responses, reassembles
     fragments, and turns them into events and progress, or the contract's errors. ``progress``: the
-    stream is complete up to it."""
+    stream is complete up to it.
+
+    It reads over etcd's JSON gateway when etcd serves it, else over gRPC (see the module docstring).
+    ``next`` returns every event that arrived since the previous call as one batch, so a consumer that
+    was busy meanwhile takes the whole backlog at once rather than one response per loop turn."""
 
     def __init__(self, backend: EtcdBackend, prefix: str, after: int) -> None:
         self._backend = backend
         self.prefix = prefix
         self.progress = after
-        self._call: Any = None
-        self._fragments: list[Any] = []
+        self._transport: _GatewayTransport | _GrpcTransport | None = None
+        self._responses: deque[_Response] = deque()
+        self._fragments: list[Event] = []
         self._closing = False
 
     async def open(self) -> None:
         backend = self._backend
         start, end = backend.prefix_range(self.prefix)
-        self._call = backend.watch_stub.Watch()
-        create = rpc.WatchCreateRequest(
-            key=start,
-            range_end=end,
-            start_revision=self.progress + 1,
-            progress_notify=True,
-            prev_kv=True,
-            fragment=True,
-        )
-        try:
-            await self._call.write(rpc.WatchRequest(create_request=create))
-        except rpc.AioRpcError as exc:
-            self.cancel()
-            raise backend.translate(exc, f"watch {self.prefix!r}") from exc
+        if backend.watch_over_gateway:
+            gateway = _GatewayTransport(backend, self.prefix)
+            self._transport = gateway
+            if await gateway.open(start, end, self.progress + 1):
+                return
+            backend.watch_over_gateway = False  # this etcd does not serve it: gRPC from now on
+        grpc_transport = _GrpcTransport(backend, self.prefix)
+        self._transport = grpc_transport
+        await grpc_transport.open(start, end, self.progress + 1)
 
     async def next(self) -> tuple[tuple[Event, ...], int] | None:
-        """The next events (possibly none: a progress notification) and the progress after them; None
-        once ``cancel`` was called."""
+        """The events that arrived since the last call (possibly none: progress only) and the progress
+        after them; None once ``cancel`` was called."""
+        events: list[Event] = []
+        before = self.progress
         while True:
-            response = await self._read()
-            if response is None:
-                return None
+            if not self._responses:
+                if events or self.progress > before:
+                    return tuple(events), self.progress
+                if self._closing or self._transport is None:
+                    return None
+                responses = await self._transport.read()
+                if responses is None:
+                    return None
+                self._responses += responses
+                continue
+            response = self._responses[0]
+            if (response.compact_revision or response.canceled) and events:
+                return tuple(events), self.progress  # deliver what came before; fail on the next call
+            self._responses.popleft()
             if response.compact_revision:
-                self._backend.learn_compact(int(response.compact_revision))
+                self._backend.learn_compact(response.compact_revision)
                 self.cancel()
-                raise Compacted(self.progress, int(response.compact_revision) + 1)
+                raise Compacted(self.progress, response.compact_revision + 1)
             if response.canceled:
                 self.cancel()
                 reason = response.cancel_reason or "no reason given"
@@ -527,19 +648,203 @@ class _Stream:
                 self._fragments += response.events
                 if response.fragment:
                     continue
-                events = tuple(self._event(e) for e in self._fragments)
-                self._fragments = []
-                if events:
-                    self.progress = max(self.progress, events[-1].kv.mod_revision)
-                    return events, self.progress
+                complete, self._fragments = self._fragments, []
+                if complete:
+                    events += complete
+                    self.progress = max(self.progress, complete[-1].kv.mod_revision)
                 continue
             # A progress notification: everything up to the header's revision was sent.
-            revision = int(response.header.revision)
-            if revision > self.progress:
-                self.progress = revision
-                return (), revision
+            self.progress = max(self.progress, response.revision)
 
-    async def _read(self) -> Any:
+    def cancel(self) -> None:
+        self._closing = True
+        self._responses.clear()
+        if self._transport is not None:
+            self._transport.cancel()
+
+
+class _GatewayTransport:
+    """A watch over etcd's JSON gateway (``POST /v3/watch``, newline-delimited JSON responses), on the
+    event loop's own socket: one read takes every response that arrived meanwhile."""
+
+    def __init__(self, backend: EtcdBackend, prefix: str) -> None:
+        self._backend = backend
+        self._prefix = prefix
+        self._response: aiohttp.ClientResponse | None = None
+        self._where = ""
+        self._tail: list[bytes] = []
+        self._tail_size = 0
+        self._closing = False
+
+    async def open(self, start: bytes, end: bytes, start_revision: int) -> bool:
+        """Open the watch; False if etcd does not serve the gateway."""
+        backend = self._backend
+        body = json.dumps(
+            {
+                "create_request": {
+                    "key": base64.b64encode(start).decode(),
+                    "range_end": base64.b64encode(end).decode(),
+                    "start_revision": str(start_revision),
+                    "progress_notify": True,
+                    "prev_kv": True,
+                    "fragment": True,
+                }
+            }
+        ).encode()
+        failures = []
+        for endpoint in backend.endpoints_from_last_good():
+            try:
+                response = await backend.http_session().post(
+                    f"http://{endpoint}/v3/watch",
+                    data=body,
+                    headers={"Content-Type": "application/json"},
+                )
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                failures.append(f"{endpoint}: {exc}")
+                continue
+            backend.note_good_endpoint(endpoint)
+            self._where = endpoint
+            if response.status in _NO_GATEWAY:
+                response.close()
+                return False
+            if response.status != 200:
+                text = await _error_text(response)
+                response.close()
+                raise backend.translate_status(_http_code(response.status, text), text, self._what())
+            self._response = response
+            _keep_alive(response)
+            if self._closing:  # cancelled while it opened
+                response.close()
+            return True
+        where = ", ".join(backend.endpoints)
+        raise Unavailable(f"{self._what()} failed: etcd at {where} is unavailable ({'; '.join(failures)})")
+
+    async def read(self) -> list[_Response] | None:
+        assert self._response is not None
+        content = self._response.content
+        while True:
+            try:
+                data = await content.readany()
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if self._closing and task is not None and task.cancelling() == 0:
+                    return None
+                raise
+            except (aiohttp.ClientError, OSError) as exc:
+                if self._closing:
+                    return None
+                self.cancel()
+                raise Unavailable(
+                    f"{self._what()}: the stream from etcd at {self._where} broke ({exc})"
+                ) from exc
+            if not data:
+                if self._closing:
+                    return None
+                self.cancel()
+                raise Unavailable(f"etcd at {self._where} ended the watch stream on {self._prefix!r}")
+            if b"\n" not in data:
+                self._tail.append(data)
+                self._tail_size += len(data)
+                if self._tail_size > _MAX_GATEWAY_LINE:
+                    self.cancel()
+                    raise Unavailable(
+                        f"{self._what()}: a response from etcd exceeds {_MAX_GATEWAY_LINE} bytes"
+                    )
+                continue
+            if self._tail:
+                data = b"".join(self._tail) + data
+                self._tail, self._tail_size = [], 0
+            lines = data.split(b"\n")
+            rest = lines.pop()
+            if rest:
+                self._tail, self._tail_size = [rest], len(rest)
+            return [self._parse(line) for line in lines if line.strip()]
+
+    def _parse(self, line: bytes) -> _Response:
+        try:
+            message = json.loads(line)
+            result = message.get("result")
+            if result is not None:
+                return _Response(
+                    int(result.get("header", {}).get("revision", 0)),
+                    [self._event(e) for e in result.get("events", ())],
+                    created=bool(result.get("created")),
+                    fragment=bool(result.get("fragment")),
+                    canceled=bool(result.get("canceled")),
+                    cancel_reason=str(result.get("cancel_reason", "")),
+                    compact_revision=int(result.get("compact_revision", 0)),
+                )
+            # The gateway's error: {"error": {"grpc_code": N, "message": ...}} (or flat, as on open).
+            error = message.get("error")
+            if not isinstance(error, dict):
+                error = message
+            name = _CODE_NAMES.get(int(error.get("grpc_code", error.get("code", 2))), "UNKNOWN")
+            details = str(error.get("message", ""))
+        except (ValueError, TypeError, AttributeError, KeyError) as exc:
+            self.cancel()
+            raise Unavailable(
+                f"{self._what()}: etcd at {self._where} sent a response not understood: {exc!r}"
+            ) from exc
+        self.cancel()
+        raise self._backend.translate_status(name, details, self._what())
+
+    def _event(self, raw: dict[str, Any]) -> Event:
+        prev = self._kv(raw["prev_kv"]) if "prev_kv" in raw else None
+        kv = raw["kv"]
+        if raw.get("type") == "DELETE":
+            deleted = KeyValue(self._key(kv["key"]), b"", 0, int(kv["mod_revision"]))
+            return Event(EventType.DELETE, deleted, prev)
+        return Event(EventType.PUT, self._kv(kv), prev)
+
+    def _kv(self, raw: dict[str, Any]) -> KeyValue:
+        return KeyValue(
+            self._key(raw["key"]),
+            base64.b64decode(raw.get("value", "")),
+            int(raw.get("create_revision", 0)),
+            int(raw.get("mod_revision", 0)),
+        )
+
+    def _key(self, encoded: str) -> str:
+        return self._backend.user_key(base64.b64decode(encoded))
+
+    def _what(self) -> str:
+        return f"watch {self._prefix!r}"
+
+    def cancel(self) -> None:
+        self._closing = True
+        if self._response is not None:
+            self._response.close()
+
+
+class _GrpcTransport:
+    """A watch over gRPC, when etcd does not serve the JSON gateway. Each response takes one read (a
+    round trip through gRPC's completion queue and the event loop), so a busy loop reads far fewer
+    responses per second than over the gateway."""
+
+    def __init__(self, backend: EtcdBackend, prefix: str) -> None:
+        self._backend = backend
+        self._prefix = prefix
+        self._call: Any = None
+        self._closing = False
+
+    async def open(self, start: bytes, end: bytes, start_revision: int) -> None:
+        backend = self._backend
+        self._call = backend.watch_stub.Watch()
+        create = rpc.WatchCreateRequest(
+            key=start,
+            range_end=end,
+            start_revision=start_revision,
+            progress_notify=True,
+            prev_kv=True,
+            fragment=True,
+        )
+        try:
+            await self._call.write(rpc.WatchRequest(create_request=create))
+        except rpc.AioRpcError as exc:
+            self.cancel()
+            raise backend.translate(exc, f"watch {self._prefix!r}") from exc
+
+    async def read(self) -> list[_Response] | None:
         try:
             response = await self._call.read()
         except asyncio.CancelledError:
@@ -551,14 +856,24 @@ class _Stream:
             if self._closing:
                 return None
             self.cancel()
-            raise self._backend.translate(exc, f"watch {self.prefix!r}") from exc
+            raise self._backend.translate(exc, f"watch {self._prefix!r}") from exc
         if not isinstance(response, rpc.WatchResponse):  # grpc.aio.EOF
             if self._closing:
                 return None
             self.cancel()
             where = ", ".join(self._backend.endpoints)
-            raise Unavailable(f"etcd at {where} ended the watch stream on {self.prefix!r}")
-        return response
+            raise Unavailable(f"etcd at {where} ended the watch stream on {self._prefix!r}")
+        return [
+            _Response(
+                int(response.header.revision),
+                [self._event(e) for e in response.events],
+                created=response.created,
+                fragment=response.fragment,
+                canceled=response.canceled,
+                cancel_reason=response.cancel_reason,
+                compact_revision=int(response.compact_revision),
+            )
+        ]
 
     def _event(self, raw: Any) -> Event:
         backend = self._backend
@@ -574,11 +889,45 @@ class _Stream:
             self._call.cancel()
 
 
+async def _error_text(response: aiohttp.ClientResponse) -> str:
+    with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError, UnicodeDecodeError):
+        return (await response.text())[:500]
+    return ""
+
+
+def _http_code(status: int, text: str) -> str:
+    """The gRPC code name behind a gateway's error answer (its JSON body has the gRPC code)."""
+    with contextlib.suppress(ValueError, TypeError, AttributeError):
+        code = json.loads(text).get("code")
+        if isinstance(code, int) and code in _CODE_NAMES:
+            return _CODE_NAMES[code]
+    return "UNAVAILABLE" if status >= 500 else "INVALID_ARGUMENT"
+
+
+def _keep_alive(response: aiohttp.ClientResponse) -> None:
+    """TCP keepalive on a watch connection, so that a vanished etcd host is noticed within seconds
+    (the gRPC channel pings every 10 s for the same reason)."""
+    connection = response.connection
+    transport = connection.transport if connection is not None else None
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 10)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 5)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+
+
 class _SharedStream:
     """One etcd stream on a prefix, read by one task and fanned out to every local watch of that
     prefix that starts within its ring, so N watchers cost one stream and one decoding of each event.
+    What it reads is handed out at once after a quiet window, else gathered until the window since the
+    last hand-out has passed (``_window``; see the module docstring).
 
-    Invariant: ``_ring`` holds every event under the prefix with revision in (``floor``, ``head``]."""
+    Invariant: ``_ring`` holds every event under the prefix with revision in (``floor``, ``head``];
+    events read but not handed out yet (``_held``) are above ``head``."""
 
     def __init__(self, backend: EtcdBackend, prefix: str, after: int) -> None:
         self._backend = backend
@@ -592,6 +941,10 @@ class _SharedStream:
         self.ready = asyncio.Event()
         self.alive = False
         self.task: asyncio.Task[None] | None = None
+        self._held: list[Event] = []  # read, to be published (see _run)
+        self._held_progress = after
+        self._flush_at: asyncio.TimerHandle | None = None
+        self._last_publish = float("-inf")
 
     async def open(self) -> None:
         try:
@@ -605,16 +958,47 @@ class _SharedStream:
         self.task = asyncio.create_task(self._run(), name=f"etcd watch {self.prefix!r}")
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 item = await self._stream.next()
                 if item is None:
                     return
-                self._publish(*item)
+                events, progress = item
+                self._held += events
+                self._held_progress = progress
+                if self._flush_at is not None:
+                    continue  # a publish is due: these go with it
+                wait = self._last_publish + self._window() - loop.time()
+                if wait <= 0:
+                    self._flush()  # quiet until now: at once
+                else:
+                    self._flush_at = loop.call_later(wait, self._flush)
         except StoreError as exc:
             self._end(exc)
         except Exception as exc:
             self._end(Unavailable(f"the etcd watch on {self.prefix!r} failed: {exc!r}"))
+        finally:
+            self._cancel_flush()
+
+    def _window(self) -> float:
+        """How long a busy stream gathers events: a publish costs every watch a wake-up and a write
+        downstream, so the window grows with the watches (5,000 wake-ups a second at most by default),
+        within ``_MAX_FANOUT_WINDOW``."""
+        return min(_MAX_FANOUT_WINDOW, self._backend.fanout_pace * len(self.watchers))
+
+    def _flush(self) -> None:
+        self._cancel_flush()
+        if not self.alive or (not self._held and self._held_progress <= self.head):
+            return
+        events, self._held = tuple(self._held), []
+        self._last_publish = asyncio.get_running_loop().time()
+        self._publish(events, self._held_progress)
+
+    def _cancel_flush(self) -> None:
+        if self._flush_at is not None:
+            self._flush_at.cancel()
+            self._flush_at = None
 
     def _publish(self, events: tuple[Event, ...], progress: int) -> None:
         self.head = max(self.head, progress)
@@ -650,6 +1034,7 @@ class _SharedStream:
 
     def shutdown(self) -> None:
         self.alive = False
+        self._cancel_flush()
         self._backend.drop_stream(self)
         self._stream.cancel()
 
@@ -775,8 +1160,12 @@ class _EtcdWatch:
                 self._waiter = None
 
     def _take(self) -> WatchBatch:
-        count = min(len(self._pending), _MAX_WATCH_BATCH)
-        events = tuple(self._pending.popleft() for _ in range(count))
+        pending = self._pending
+        if len(pending) <= _MAX_WATCH_BATCH:
+            events = tuple(pending)
+            pending.clear()
+        else:
+            events = tuple(pending.popleft() for _ in range(_MAX_WATCH_BATCH))
         if self._pending or self._shared is None:
             return self._report(events, events[-1].kv.mod_revision)
         return self._report(events, max(self._cursor, self._shared.head))

@@ -46,16 +46,26 @@ class Shared:
     made at most once. With W watchers of a kind, each change is decoded and encoded once, not W
     times, as Kubernetes' watch cache serializes each event once. Shared objects are read-only."""
 
-    __slots__ = ("_json", "obj")
+    __slots__ = ("_json", "_lines", "obj")
 
     def __init__(self, obj: Object) -> None:
         self.obj = obj
         self._json: bytes | None = None
+        self._lines: dict[str, bytes] | None = None
 
     def json(self) -> bytes:
         if self._json is None:
             self._json = json.dumps(self.obj, separators=(",", ":"), ensure_ascii=False).encode()
         return self._json
+
+    def watch_line(self, event_type: str) -> bytes:
+        """``{"type":...,"object":...}`` and a newline, made once per event type."""
+        if self._lines is None:
+            self._lines = {}
+        line = self._lines.get(event_type)
+        if line is None:
+            line = self._lines[event_type] = _watch_line(event_type, self.json())
+        return line
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,14 +84,40 @@ class ObjectEvent:
             return self.shared.json()
         return json.dumps(self.object, separators=(",", ":"), ensure_ascii=False).encode()
 
+    def watch_line(self) -> bytes:
+        """The event as one line of a JSON watch stream (made once per event when it is shared)."""
+        if self.shared is not None:
+            return self.shared.watch_line(self.type)
+        return _watch_line(self.type, self.object_json())
+
+
+def _watch_line(event_type: str, object_json: bytes) -> bytes:
+    return b'{"type":"' + event_type.encode() + b'","object":' + object_json + b"}\n"
+
 
 class _DecodeCache:
     """Decoded objects by (key, mod revision, shown revision), for the watchers of one process.
-    Bounded: an event is decoded again only if watchers are more than ``size`` events apart."""
+    Bounded: an event is decoded again only if watchers are more than ``size`` events apart.
+
+    Also the translation of each backend event for watchers without a predicate, which is the same
+    for all of them: both backends hand the same ``Event`` objects to every watch of a prefix, so the
+    translation is kept by identity (the entry holds the event, so its id cannot be reused meanwhile)."""
 
     def __init__(self, size: int = 4096) -> None:
         self._size = size
         self._items: OrderedDict[tuple[str, int, int], Shared] = OrderedDict()
+        self._events: dict[int, tuple[Event, ObjectEvent | None]] = {}
+
+    def translated(self, ev: Event) -> ObjectEvent | None:
+        """``_translate(ev, None, self)``, made once per event for all watchers."""
+        hit = self._events.get(id(ev))
+        if hit is not None and hit[0] is ev:
+            return hit[1]
+        out = _translate(ev, None, self)
+        self._events[id(ev)] = (ev, out)
+        if len(self._events) > self._size:
+            del self._events[next(iter(self._events))]  # the oldest
+        return out
 
     def get(self, kv: KeyValue, revision: int | None = None) -> Shared:
         shown = revision if revision is not None else kv.mod_revision
@@ -132,13 +168,14 @@ class ObjectStore:
     ) -> AsyncIterator[builtins.list[ObjectEvent]]:
         """Batches of events after ``after_revision``; a batch with only a BOOKMARK reports progress.
         Raises the backend's ``Compacted`` when that history is gone."""
+        cache = self._decoded
         async with self.backend.watch(prefix, after_revision) as w:
             async for batch in w:
-                out = [
-                    e
-                    for e in (_translate(ev, predicate, self._decoded) for ev in batch.events)
-                    if e is not None
-                ]
+                if predicate is None:
+                    translated = [cache.translated(ev) for ev in batch.events]
+                else:
+                    translated = [_translate(ev, predicate, cache) for ev in batch.events]
+                out = [e for e in translated if e is not None]
                 out.append(ObjectEvent("BOOKMARK", None, batch.progress))
                 yield out
 
