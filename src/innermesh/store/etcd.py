@@ -545,10 +545,6 @@ class EtcdBackend:
             self._ended_streams.add(stream.task)
             stream.task.add_done_callback(self._ended_streams.discard)
 
-    def shared_streams(self) -> int:
-        """etcd watch streams shared by local watches (for tests and metrics)."""
-        return len(self._streams)
-
     async def close(self) -> None:
         if self._closed:
             return
