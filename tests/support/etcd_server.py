@@ -56,7 +56,7 @@ def free_port() -> int:
 
 
 class EtcdServer:
-    """One etcd member on loopback. ``start``/``stop``/``kill``/``restart``; ``endpoint`` is
+    """One etcd member on loopback. ``start``/``stop``/``kill``; ``endpoint`` is
     ``127.0.0.1:<client port>``."""
 
     def __init__(
@@ -165,11 +165,6 @@ class EtcdServer:
             except subprocess.TimeoutExpired:
                 self.kill()
         self.process.wait()
-
-    def restart(self, timeout: float = 20.0) -> None:
-        """Start again on the same data directory and ports (after ``kill`` or ``stop``)."""
-        self.stop()
-        self.start(timeout)
 
     def log_tail(self, lines: int = 30) -> str:
         try:

@@ -3,9 +3,8 @@
 ``running_server(data_dir)`` starts ``python -m innermesh server`` on a free loopback port with its own
 data directory, waits until ``/readyz`` answers 200, and stops it (SIGTERM, then SIGKILL) on exit, even
 when the body fails. The server's output goes to ``<data_dir>.log``; ``log_tail()`` is in every start
-failure. ``ServerProcess`` can also be killed and started again on the same data directory (restart and
-durability tests). The ``innermesh_server`` pytest fixture wraps ``running_server`` for tests that import
-it (``from support.server_process import innermesh_server``) or list it in a conftest.
+failure. ``ServerProcess`` can also be killed (``kill``) and started again on the same data directory
+(``start``), for the crash tests.
 """
 
 from __future__ import annotations
@@ -21,8 +20,6 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-
-import pytest
 
 LOOPBACK = "127.0.0.1"
 
@@ -83,10 +80,6 @@ class ServerProcess:
             cmd += ["--etcd-endpoints", ",".join(self.etcd_endpoints)]
         return cmd + self.extra_args
 
-    def client_env(self) -> dict[str, str]:
-        """An environment in which ``innermesh`` commands talk to this server."""
-        return {**os.environ, "INNERMESH_SERVER": self.url}
-
     def start(self, timeout: float = 30.0) -> None:
         """Start the server and wait for /readyz; on failure raise with the log's tail."""
         if self.process is not None and self.process.poll() is None:
@@ -134,11 +127,6 @@ class ServerProcess:
                 self.kill()
         return self.process.wait()
 
-    def restart(self, timeout: float = 30.0) -> None:
-        """Start again on the same data directory and port (after ``kill`` or ``stop``)."""
-        self.stop()
-        self.start(timeout)
-
     def log_tail(self, lines: int = 40) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -174,10 +162,3 @@ def running_server(
         yield server
     finally:
         server.stop()
-
-
-@pytest.fixture
-def innermesh_server(tmp_path: Path) -> Iterator[ServerProcess]:
-    """A fresh ``innermesh server`` (SQLite store) for one test, with its data in the test's tmp dir."""
-    with running_server(tmp_path / "data") as server:
-        yield server

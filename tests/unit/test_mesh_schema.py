@@ -754,19 +754,6 @@ def test_lease_duration_and_transitions_are_checked() -> None:
     ]
 
 
-def test_lease_is_held_until_renew_time_plus_duration() -> None:
-    """A holder keeps the lease until renewTime + leaseDurationSeconds; no holder, no lease."""
-    obj = parse(
-        Lease, lease(holderIdentity="a", leaseDurationSeconds=15, renewTime="2026-01-02T15:04:05.000000Z")
-    )
-    renewed = dt.datetime(2026, 1, 2, 15, 4, 5, tzinfo=dt.UTC)
-    assert obj.spec.held_at(renewed + dt.timedelta(seconds=14))
-    assert not obj.spec.held_at(renewed + dt.timedelta(seconds=15))
-    released = parse(Lease, lease(leaseDurationSeconds=15, renewTime="2026-01-02T15:04:05.000000Z"))
-    assert released.spec.expires_at() is None
-    assert not released.spec.held_at(renewed)
-
-
 def test_lease_kind_columns() -> None:
     """Leases show their holder, as kubectl does."""
     kind = coordination.KINDS[0]

@@ -41,10 +41,6 @@ def parse_micro_time(value: str) -> dt.datetime:
     return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
-def now_micro() -> str:
-    return format_micro_time(dt.datetime.now(dt.UTC))
-
-
 def _normalize_micro_time(value: str) -> str:
     detail = "must be an RFC 3339 time with microseconds (e.g. 2026-01-02T15:04:05.000000Z)"
     if not _MICRO_TIME.match(value):
@@ -82,18 +78,6 @@ class LeaseSpec(Model):
                     "must be greater than or equal to 0",
                 )
             )
-
-    def expires_at(self) -> dt.datetime | None:
-        """When the current holder loses the lease unless it renews; None if nobody holds it (no
-        holder, or no renew time or duration to reckon from)."""
-        if not self.holder_identity or self.renew_time is None or self.lease_duration_seconds is None:
-            return None
-        return parse_micro_time(self.renew_time) + dt.timedelta(seconds=self.lease_duration_seconds)
-
-    def held_at(self, now: dt.datetime) -> bool:
-        """Whether some holder still has the lease at ``now`` (an aware datetime; time is an input)."""
-        expires = self.expires_at()
-        return expires is not None and now < expires
 
 
 class Lease(Resource):

@@ -190,13 +190,3 @@ def summarize(errors: Iterable[FieldError]) -> str:
     if len(msgs) == 1:
         return msgs[0]
     return "[" + ", ".join(msgs) + "]"
-
-
-class ValidationFailed(Exception):
-    """An object broke one or more field rules; nothing was changed."""
-
-    def __init__(self, kind: str, name: str, errors: Iterable[FieldError]) -> None:
-        self.kind = kind
-        self.name = name
-        self.errors = list(errors)
-        super().__init__(f'{kind} "{name}" is invalid: {summarize(self.errors)}')

@@ -342,17 +342,6 @@ def parse(model: type[M], data: Any, base: FieldPath = ROOT) -> M:
     return obj
 
 
-def duplicates(values: Iterable[T]) -> list[T]:
-    """Values seen more than once, each once, in first-seen order."""
-    seen: set[T] = set()
-    dups: list[T] = []
-    for v in values:
-        if v in seen and v not in dups:
-            dups.append(v)
-        seen.add(v)
-    return dups
-
-
 class MergeKey:
     """Annotated marker: this list of objects merges by ``key`` under strategic merge patch, as
     Kubernetes' ``patchStrategy:"merge" patchMergeKey:"<key>"`` (e.g. Service ``spec.ports`` by port)."""

@@ -97,10 +97,6 @@ class Controller(Generic[K]):
         if self._queue is not None:
             self._queue.add(key)
 
-    def enqueue_after(self, key: K, delay: float) -> None:
-        if self._queue is not None:
-            self._queue.add_after(key, delay)
-
     def watch(self, informer: Informer[R], to_keys: Callable[[R], Iterable[K]]) -> None:
         """Enqueue ``to_keys(obj)`` for the old and the new state of every change ``informer`` sees."""
 

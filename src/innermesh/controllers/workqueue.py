@@ -246,10 +246,6 @@ class WorkQueue(Generic[K]):
             if not fut.done():
                 fut.set_result(None)
 
-    @property
-    def shutting_down(self) -> bool:
-        return self._shutting_down
-
     def __len__(self) -> int:
         """Keys ready to be handed out."""
         return len(self._queue)
