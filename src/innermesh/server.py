@@ -2,7 +2,8 @@
 
 Start-up order: open the store (SQLite in the data directory, or etcd) -> the object layer and
 admission -> bootstrap objects (the ``default`` namespace) -> controllers (in process, over a
-``LocalClient``) -> the HTTP API. ``/readyz`` answers 200 once all of that is up. A compactor trims
+``LocalClient``) -> the xDS server (ADS over gRPC, fed by its own informers) -> the HTTP API.
+``/readyz`` answers 200 once all of that is up. A compactor trims
 the store's history every ``compact_interval`` seconds to the revision seen one interval earlier, as
 Kubernetes does, so a watch may resume from anything newer than that.
 """
@@ -33,6 +34,10 @@ from innermesh.controllers.manager import ControllerManager
 from innermesh.store import open_backend
 from innermesh.store.backend import Backend
 from innermesh.store.objects import ObjectStore
+from innermesh.xds.nackstatus import NackStatus
+from innermesh.xds.proxyinfo import proxy_info
+from innermesh.xds.server import XdsServer
+from innermesh.xds.source import MeshSource
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +55,9 @@ class ServerConfig:
     etcd_prefix: str = "/innermesh"
     service_cidr: str = "10.96.0.0/16,fd00:10:96::/112"
     token_file: Path | None = None
+    # The ADS (xDS) server for sidecars and proxyless gRPC clients; port 0 picks a free one.
+    xds_host: str = "127.0.0.1"
+    xds_port: int = 15010
     compact_interval: float = 300.0
     bookmark_interval: float = 10.0
     controllers: bool = True
@@ -99,6 +107,9 @@ class ControlPlane:
         self.resources: Resources | None = None
         self.service_ips: ServiceIPs | None = None
         self.controllers: ControllerManager | None = None
+        self.mesh: MeshSource | None = None
+        self.xds: XdsServer | None = None
+        self.xds_port = config.xds_port
         self._runner: web.AppRunner | None = None
         self._api: ApiServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -123,6 +134,17 @@ class ControlPlane:
                 LocalClient(self.resources), identity=cfg.identity, service_ips=self.service_ips
             )
             await self.controllers.start()
+        self.mesh = MeshSource(LocalClient(self.resources))
+        await self.mesh.start()
+        nacks = NackStatus(
+            LocalClient(self.resources),
+            self.mesh,
+            {k: REGISTRY.by_gvk("gateway.networking.k8s.io/v1", k) for k in ("HTTPRoute", "GRPCRoute")},
+            lambda: self.xds.connections() if self.xds else [],
+        )
+        self.xds = XdsServer(self.mesh, proxy_info=proxy_info, on_nack=nacks.on_nack)
+        self.xds_port = await self.xds.start(cfg.xds_host, cfg.xds_port)
+        self._tasks.append(asyncio.create_task(nacks.run(), name="xds-nack-status"))
         self._api = api = ApiServer(
             self.resources, token=token, bookmark_interval=cfg.bookmark_interval, ready=lambda: self._ready
         )
@@ -137,9 +159,11 @@ class ControlPlane:
         self._tasks.append(asyncio.create_task(self._compactor(), name="compactor"))
         self._ready = True
         log.info(
-            "innermesh server listening on %s:%d (store: %s, data: %s)",
+            "innermesh server listening on %s:%d, xDS on %s:%d (store: %s, data: %s)",
             cfg.listen_host,
             self.port,
+            cfg.xds_host,
+            self.xds_port,
             cfg.store,
             cfg.data_dir,
         )
@@ -181,6 +205,12 @@ class ControlPlane:
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
+        xds, self.xds = self.xds, None
+        if xds is not None:
+            await xds.stop(grace=1.0)
+        mesh, self.mesh = self.mesh, None
+        if mesh is not None:
+            await mesh.stop()
         controllers, self.controllers = self.controllers, None
         if controllers is not None:
             await controllers.stop()

@@ -11,7 +11,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,9 @@ import pytest
 from innermesh.client.http import HttpClient
 from innermesh.client.local import LocalClient
 from innermesh.controllers.manager import ControllerManager, ManagerConfig
+from innermesh.proxy.runtime.listeners import ProxyRuntime
 from innermesh.server import ControlPlane, ServerConfig
+from support.echo_backend import EchoBackend, echo_backends
 
 DEFAULT_CIDR = "10.96.0.0/16,fd00:10:96::/112"
 
@@ -43,6 +46,7 @@ async def _start(
     cfg = ServerConfig(
         listen_host="127.0.0.1",
         listen_port=0,
+        xds_port=0,
         data_dir=data_dir,
         service_cidr=service_cidr,
         controllers=controllers and manager_config is None,
@@ -103,3 +107,21 @@ async def control_plane(start_control_plane: StartControlPlane) -> ControlPlane:
 @pytest.fixture
 def api(control_plane: ControlPlane, connect: Callable[[ControlPlane], HttpClient]) -> HttpClient:
     return connect(control_plane)
+
+
+# --- proxy runtime fixtures (tests/component/test_proxy_runtime*.py) ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def backends() -> Iterator[list[EchoBackend]]:
+    """Three echo backends (a, b, c) with TCP echo ports, shared by a module's tests."""
+    with echo_backends("a", "b", "c", tcp=True) as started:
+        yield started
+
+
+@pytest.fixture
+async def runtime() -> AsyncIterator[ProxyRuntime]:
+    """A proxy runtime with a fixed random seed, stopped at teardown."""
+    rt = ProxyRuntime(rng=random.Random(7), drain_timeout=1.0)
+    yield rt
+    await rt.stop(1.0)

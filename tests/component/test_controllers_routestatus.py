@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from innermesh.api.attachment import CONTROLLER_NAME
 from innermesh.api.scheme import REGISTRY
 from innermesh.client.http import HttpClient
 from innermesh.controllers.manager import ControllerManager
-from innermesh.controllers.routestatus import CONTROLLER_NAME
 from innermesh.server import ControlPlane
 from support.eventually import eventually, timed
 

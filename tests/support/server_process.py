@@ -56,6 +56,7 @@ class ServerProcess:
         self.extra_args = list(extra_args)
         self.env = env
         self.port = port or free_port()
+        self.xds_port = free_port()
         self.log_path = data_dir.parent / f"{data_dir.name}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -69,6 +70,8 @@ class ServerProcess:
             "server",
             "--listen",
             f"{LOOPBACK}:{self.port}",
+            "--xds-listen",
+            f"{LOOPBACK}:{self.xds_port}",
             "--data-dir",
             str(self.data_dir),
             "--store",

@@ -1,4 +1,5 @@
-"""mesh.innermesh.io/v1alpha1: innermesh's own kinds, Workload and AuthorizationPolicy.
+"""mesh.innermesh.io/v1alpha1: innermesh's own kinds: Workload, AuthorizationPolicy, FaultInjection and
+BackendTrafficPolicy.
 
 Like Kubernetes' custom resources, these kinds accept JSON merge patch and JSON patch, not strategic
 merge patch.
@@ -6,12 +7,14 @@ merge patch.
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib
 import re
 from collections.abc import Iterable
-from typing import Any, Literal
+from decimal import Decimal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, PlainSerializer
 
 from innermesh.api import names
 from innermesh.api.addresses import cidr_problems, endpoint_ip_problems, ip_problems, parse_ip
@@ -19,14 +22,16 @@ from innermesh.api.fielderrors import (
     ErrorList,
     FieldPath,
     duplicate,
+    forbidden,
     invalid,
     not_supported,
     required,
     too_long,
     too_many,
 )
-from innermesh.api.meta import Condition, Resource, check_immutable
-from innermesh.api.model import Model
+from innermesh.api.gateway import Duration, parse_duration
+from innermesh.api.meta import Condition, Resource, check_immutable, parse_time
+from innermesh.api.model import Model, int_range, rule
 from innermesh.api.networking import ServiceAccountRef, check_service_account_refs
 from innermesh.api.registry import Column, Kind
 
@@ -75,6 +80,11 @@ class WorkloadSpec(Model):
     - ``node``: the node (agent) that runs it, if any; a VM registered by hand has none. Once set it may
       not change: another node means another process, so register another Workload.
     - ``zone``: for topology-aware routing, copied into EndpointSlices.
+    - ``egress``: the hosts outside its own namespace that its sidecar should know, at most 64:
+      ``<namespace>/<service>``, ``<namespace>/*`` (every Service of a namespace) or ``*/*`` (the whole
+      mesh). A sidecar always knows the Services of its own namespace (and those its routes send to);
+      ``egress`` adds others, so that a proxy receives only the configuration it needs (see
+      docs/design/0005-xds-and-proxy.md, "Scope"). ``egress_allows`` evaluates it.
     """
 
     service_account: str = "default"
@@ -82,6 +92,7 @@ class WorkloadSpec(Model):
     ports: list[WorkloadPort] | None = None
     node: str | None = None
     zone: str | None = None
+    egress: list[str] | None = None
 
     def check(self, path: FieldPath, errs: ErrorList) -> None:
         for msg in names.is_dns1123_subdomain(self.service_account):
@@ -94,6 +105,8 @@ class WorkloadSpec(Model):
         if self.zone is not None:
             for msg in names.is_label_value(self.zone):
                 errs.add(invalid(path.child("zone"), self.zone, msg))
+        if self.egress is not None:
+            _check_egress(self.egress, path.child("egress"), errs)
 
     def _check_addresses(self, path: FieldPath, errs: ErrorList) -> None:
         if not self.addresses and self.node is None:
@@ -122,6 +135,42 @@ class WorkloadSpec(Model):
             if (p.port, p.protocol) in seen_ports:
                 errs.add(duplicate(path.index(i), {"port": p.port, "protocol": p.protocol}))
             seen_ports.add((p.port, p.protocol))
+
+
+MAX_EGRESS_HOSTS = 64
+_EGRESS_SHAPE = "must be `<namespace>/<service>`, `<namespace>/*` or `*/*`"
+
+
+def _egress_host_problems(host: str) -> list[str]:
+    namespace, slash, service = host.partition("/")
+    if not slash or "/" in service or (namespace == "*" and service != "*"):
+        return [_EGRESS_SHAPE]
+    problems: list[str] = []
+    if namespace != "*":
+        problems += [f"namespace: {msg}" for msg in names.is_dns1123_label(namespace)]
+    if service != "*":
+        # Service names are DNS-1035 labels (they become DNS names that may not start with a digit).
+        problems += [f"service: {msg}" for msg in names.is_dns1035_label(service)]
+    return problems
+
+
+def _check_egress(egress: list[str], path: FieldPath, errs: ErrorList) -> None:
+    if len(egress) > MAX_EGRESS_HOSTS:
+        errs.add(too_many(path, len(egress), MAX_EGRESS_HOSTS))
+        return
+    seen: set[str] = set()
+    for i, host in enumerate(egress):
+        for msg in _egress_host_problems(host):
+            errs.add(invalid(path.index(i), host, msg))
+        if host in seen:
+            errs.add(duplicate(path.index(i), host))
+        seen.add(host)
+
+
+def egress_allows(egress: Iterable[str] | None, namespace: str, service: str) -> bool:
+    """Whether a Workload's ``spec.egress`` names Service ``namespace/service``. The Services of the
+    workload's own namespace are in its scope regardless; that is the caller's rule, not this one."""
+    return any(host in ("*/*", f"{namespace}/*", f"{namespace}/{service}") for host in egress or ())
 
 
 class WorkloadStatus(Model):
@@ -433,6 +482,13 @@ class PathMatch(Model):
                 break
 
 
+def _check_header_name(value: str, path: FieldPath, errs: ErrorList) -> None:
+    if len(value) > HEADER_NAME_MAX:
+        errs.add(too_long(path, HEADER_NAME_MAX))
+    elif not _TOKEN.match(value):
+        errs.add(invalid(path, value, "must be an HTTP header name (an RFC 9110 token)"))
+
+
 def _method_problems(value: str) -> list[str]:
     return [] if _TOKEN.match(value) else ["must be an HTTP method (an RFC 9110 token, e.g. GET)"]
 
@@ -481,12 +537,7 @@ class HeaderCondition(Model):
     values: list[str]
 
     def check(self, path: FieldPath, errs: ErrorList) -> None:
-        if len(self.header) > HEADER_NAME_MAX:
-            errs.add(too_long(path.child("header"), HEADER_NAME_MAX))
-        elif not _TOKEN.match(self.header):
-            errs.add(
-                invalid(path.child("header"), self.header, "must be an HTTP header name (an RFC 9110 token)")
-            )
+        _check_header_name(self.header, path.child("header"), errs)
         if _nonempty(self.values, path.child("values"), errs):
             _each(self.values, path.child("values"), errs, _wildcard_problems)
 
@@ -593,6 +644,280 @@ class AuthorizationPolicy(Resource):
 
 
 # ---------------------------------------------------------------------------------------------------
+# Percentages and durations, shared by FaultInjection and BackendTrafficPolicy
+
+PERCENTAGE_DECIMALS = 4
+
+
+def _percentage_problems(value: float) -> list[str]:
+    if not 0 <= value <= 100:  # also refuses NaN
+        return ["must be between 0 and 100, inclusive"]
+    # Four decimals are what parts per million can carry exactly (0.0001% = 1 ppm); repr is the
+    # shortest form that reads back as the same float, so it shows the decimals the user wrote.
+    exponent = Decimal(repr(value)).as_tuple().exponent
+    if isinstance(exponent, int) and exponent < -PERCENTAGE_DECIMALS:
+        return [f"must have at most {PERCENTAGE_DECIMALS} decimal places"]
+    return []
+
+
+def _number_wire(value: float) -> float | int:
+    """A whole percentage is written back as the integer the user most likely wrote (``50``, not
+    ``50.0``)."""
+    return int(value) if value.is_integer() else value
+
+
+Percentage = Annotated[
+    float, rule(_percentage_problems), PlainSerializer(_number_wire, return_type=float | int)
+]
+"""A share of requests, 0..100 with at most 4 decimal places (strict float: integers are accepted)."""
+
+
+def per_million(percentage: float) -> int:
+    """A validated percentage as parts per million (Envoy's ``FractionalPercent``, denominator
+    MILLION). Exact, because a percentage carries at most 4 decimal places."""
+    return int(Decimal(repr(percentage)) * 10_000)
+
+
+def _seconds(duration: str) -> float:
+    return parse_duration(duration).total_seconds()
+
+
+# ---------------------------------------------------------------------------------------------------
+# FaultInjection
+
+
+class FaultDelay(Model):
+    """Hold ``percentage`` of the requests for ``fixedDelay`` (a Gateway API Duration, more than 0)
+    before forwarding them."""
+
+    fixed_delay: Duration
+    percentage: Percentage = 100.0
+
+    def check(self, path: FieldPath, errs: ErrorList) -> None:
+        if parse_duration(self.fixed_delay) <= dt.timedelta(0):
+            errs.add(invalid(path.child("fixedDelay"), self.fixed_delay, "must be greater than 0"))
+
+    def delay_seconds(self) -> float:
+        return _seconds(self.fixed_delay)
+
+    def per_million(self) -> int:
+        return per_million(self.percentage)
+
+
+class FaultAbort(Model):
+    """Answer ``percentage`` of the requests at once, without forwarding them: with HTTP status
+    ``httpStatus``, or with gRPC status ``grpcStatus`` (HTTP 200 and a ``grpc-status`` trailer).
+    Exactly one of the two."""
+
+    http_status: Annotated[int, int_range(200, 599)] | None = None
+    grpc_status: Annotated[int, int_range(0, 16)] | None = None
+    percentage: Percentage = 100.0
+
+    def check(self, path: FieldPath, errs: ErrorList) -> None:
+        if self.http_status is None and self.grpc_status is None:
+            errs.add(required(path, "must specify one of `httpStatus` or `grpcStatus`"))
+        elif self.http_status is not None and self.grpc_status is not None:
+            errs.add(forbidden(path.child("grpcStatus"), "may not be specified together with `httpStatus`"))
+
+    def per_million(self) -> int:
+        return per_million(self.percentage)
+
+
+class FaultInjectionSpec(Model):
+    delay: FaultDelay | None = None
+    abort: FaultAbort | None = None
+
+    def check(self, path: FieldPath, errs: ErrorList) -> None:
+        if self.delay is None and self.abort is None:
+            errs.add(required(path, "must specify at least one of `delay` or `abort`"))
+
+
+class FaultInjection(Resource):
+    """Faults injected into the requests a route rule matches, to test how clients cope.
+
+    Referenced from an HTTPRoute or GRPCRoute filter of the same namespace::
+
+        filters:
+        - type: ExtensionRef
+          extensionRef: {group: mesh.innermesh.io, kind: FaultInjection, name: <name>}
+
+    The delay (if any) comes first, then the abort (if any); each picks its own share of requests, as
+    Envoy's fault filter does. A route whose ExtensionRef names a FaultInjection that does not exist has
+    ``ResolvedRefs=False`` and the requests that filter would have seen get a 500: upstream says a
+    filter that cannot be resolved must not be skipped.
+    """
+
+    api_version: Literal["mesh.innermesh.io/v1alpha1"] = "mesh.innermesh.io/v1alpha1"
+    kind: Literal["FaultInjection"] = "FaultInjection"
+    spec: FaultInjectionSpec
+
+
+# ---------------------------------------------------------------------------------------------------
+# BackendTrafficPolicy
+
+LoadBalancerType = Literal["RoundRobin", "LeastRequest", "Random", "RingHash", "Maglev"]
+HashType = Literal["Header", "Cookie", "SourceIP"]
+_HASHING = ("RingHash", "Maglev")
+UINT32_MAX = 2**32 - 1
+
+
+class HashHeader(Model):
+    name: str
+
+    def check(self, path: FieldPath, errs: ErrorList) -> None:
+        _check_header_name(self.name, path.child("name"), errs)
+
+
+def _cookie_path_problems(value: str) -> list[str]:
+    if len(value) > PATH_MAX:
+        return [f"must be no more than {PATH_MAX} characters"]
+    if not value.startswith("/"):
+        return ["must be an absolute path (start with '/')"]
+    # RFC 6265 path-value: any CHAR except CTLs or ';'.
+    if any(c == ";" or not " " <= c <= "~" for c in value):
+        return ["may contain only printable ASCII characters other than ';'"]
+    return []
+
+
+class HashCookie(Model):
+    """Hash on a cookie. With ``ttl`` the proxy sets the cookie on responses to requests that came
+    without it (as Envoy does: ``0s`` makes it a session cookie); without ``ttl`` a request without the
+    cookie is hashed as if it had none."""
+
+    name: str
+    ttl: Duration | None = None
+    path: str = "/"
+
+    def check(self, path: FieldPath, errs: ErrorList) -> None:
+        if not _TOKEN.match(self.name):
+            errs.add(invalid(path.child("name"), self.name, "must be a cookie name (an RFC 9110 token)"))
+        for msg in _cookie_path_problems(self.path):
+            errs.add(invalid(path.child("path"), self.path, msg))
+
+    def ttl_seconds(self) -> float | None:
+        return _seconds(self.ttl) if self.ttl is not None else None
+
+
+class ConsistentHash(Model):
+    """What RingHash and Maglev hash on: a request header, a cookie, or the client's address."""
+
+    type: HashType
+    header: HashHeader | None = None
+    cookie: HashCookie | None = None
+
+    def check(self, path: FieldPath, errs: ErrorList) -> None:
+        for field, wanted in (("header", "Header"), ("cookie", "Cookie")):
+            present = getattr(self, field) is not None
+            if self.type == wanted and not present:
+                errs.add(required(path.child(field), f"must be specified when `type` is '{wanted}'"))
+            elif self.type != wanted and present:
+                errs.add(forbidden(path.child(field), f"may only be specified when `type` is '{wanted}'"))
+
+
+class LoadBalancer(Model):
+    """How a client's proxy picks an endpoint of the Service.
+
+    ``LeastRequest`` is the power of two choices (Envoy's default ``choice_count``); ``RingHash`` and
+    ``Maglev`` keep requests with the same ``consistentHash`` key on the same endpoint while the
+    endpoints do not change. ``zoneAware`` (default true): prefer ready endpoints in the client's zone,
+    and fail over to the others only when none is ready there.
+    """
+
+    type: LoadBalancerType = "RoundRobin"
+    consistent_hash: ConsistentHash | None = None
+    zone_aware: bool = True
+
+    def check(self, path: FieldPath, errs: ErrorList) -> None:
+        hpath = path.child("consistentHash")
+        if self.type in _HASHING and self.consistent_hash is None:
+            errs.add(required(hpath, "must be specified when `type` is 'RingHash' or 'Maglev'"))
+        elif self.type not in _HASHING and self.consistent_hash is not None:
+            errs.add(forbidden(hpath, "may only be specified when `type` is 'RingHash' or 'Maglev'"))
+
+
+ConnectionLimit = Annotated[int, int_range(1, UINT32_MAX)]
+
+
+class ConnectionPool(Model):
+    """Limits on what the client proxies open and send to the Service's endpoints (Envoy's circuit
+    breakers), per client proxy and Service. An absent field means Envoy's default;
+    ``maxRequestsPerConnection`` 0 (or absent) means unlimited; ``idleTimeout`` ``0s`` disables the idle
+    timeout."""
+
+    max_connections: ConnectionLimit | None = None
+    max_pending_requests: ConnectionLimit | None = None
+    max_requests: ConnectionLimit | None = None
+    max_requests_per_connection: Annotated[int, int_range(0, UINT32_MAX)] | None = None
+    idle_timeout: Duration | None = None
+
+    def idle_timeout_seconds(self) -> float | None:
+        return _seconds(self.idle_timeout) if self.idle_timeout is not None else None
+
+
+class BackendTrafficPolicySpec(Model):
+    target_refs: list[PolicyTargetReference]
+    load_balancer: LoadBalancer | None = None
+    connection_pool: ConnectionPool | None = None
+
+    def check(self, path: FieldPath, errs: ErrorList) -> None:
+        tpath = path.child("targetRefs")
+        if not self.target_refs:
+            errs.add(required(tpath, "must contain at least one target"))
+        elif len(self.target_refs) > MAX_TARGET_REFS:
+            errs.add(too_many(tpath, len(self.target_refs), MAX_TARGET_REFS))
+        seen: set[tuple[str, str, str]] = set()
+        for i, ref in enumerate(self.target_refs):
+            rpath = tpath.index(i)
+            if ref.kind != "Service":
+                errs.add(not_supported(rpath.child("kind"), ref.kind, ["Service"]))
+            if ref.group != "":
+                errs.add(not_supported(rpath.child("group"), ref.group, [""]))
+            for msg in names.is_dns1035_label(ref.name):
+                errs.add(invalid(rpath.child("name"), ref.name, msg))
+            key = (ref.group, ref.kind, ref.name)
+            if key in seen:
+                errs.add(duplicate(rpath, ref.to_dict()))
+            seen.add(key)
+
+
+class BackendTrafficPolicy(Resource):
+    """How clients' proxies talk to a Service: load balancing and connection limits, attached to
+    Services of the policy's namespace the Gateway API way (``targetRefs``, core ``Service`` only).
+
+    An absent ``loadBalancer`` means round robin, zone aware; an absent ``connectionPool``, Envoy's
+    defaults. When several policies target one Service, the oldest wins (``effective_backend_policy``).
+    """
+
+    api_version: Literal["mesh.innermesh.io/v1alpha1"] = "mesh.innermesh.io/v1alpha1"
+    kind: Literal["BackendTrafficPolicy"] = "BackendTrafficPolicy"
+    spec: BackendTrafficPolicySpec
+    status: PolicyStatus = Field(default_factory=PolicyStatus)
+
+    def targets_service(self, namespace: str, name: str) -> bool:
+        """Whether this policy attaches to Service ``namespace/name``: only a policy in the Service's
+        own namespace can."""
+        return self.namespace == namespace and any(
+            r.group == "" and r.kind == "Service" and r.name == name for r in self.spec.target_refs
+        )
+
+
+def _age_key(policy: BackendTrafficPolicy) -> tuple[bool, dt.datetime, str]:
+    ts = policy.metadata.creation_timestamp
+    # The server always stamps creationTimestamp; an object without one (never stored) sorts last.
+    return (ts is None, parse_time(ts) if ts else dt.datetime.max.replace(tzinfo=dt.UTC), policy.name)
+
+
+def effective_backend_policy(
+    policies: Iterable[BackendTrafficPolicy], service_namespace: str, service_name: str
+) -> BackendTrafficPolicy | None:
+    """The one policy that applies to a Service, by the Gateway API's policy attachment rule for
+    conflicts: of the policies targeting it, the oldest by ``metadata.creationTimestamp``, then the
+    first by name. Policies are not merged: the others are ignored whole."""
+    targeting = [p for p in policies if p.targets_service(service_namespace, service_name)]
+    return min(targeting, key=_age_key, default=None)
+
+
+# ---------------------------------------------------------------------------------------------------
 # Kinds
 
 
@@ -605,8 +930,26 @@ def _ready(wl: Workload) -> str:
     return cond.status if cond is not None else "True"
 
 
-def _targets(ap: AuthorizationPolicy) -> str:
-    return ",".join(f"{r.kind}/{r.name}" for r in ap.spec.target_refs)
+def _targets(policy: AuthorizationPolicy | BackendTrafficPolicy) -> str:
+    return ",".join(f"{r.kind}/{r.name}" for r in policy.spec.target_refs)
+
+
+def _delay(fi: FaultInjection) -> str:
+    d = fi.spec.delay
+    return f"{d.fixed_delay} ({d.percentage:g}%)" if d is not None else "<none>"
+
+
+def _abort(fi: FaultInjection) -> str:
+    a = fi.spec.abort
+    if a is None:
+        return "<none>"
+    status = f"HTTP {a.http_status}" if a.http_status is not None else f"gRPC {a.grpc_status}"
+    return f"{status} ({a.percentage:g}%)"
+
+
+def _load_balancer(btp: BackendTrafficPolicy) -> str:
+    lb = btp.spec.load_balancer
+    return lb.type if lb is not None else "RoundRobin"
 
 
 KINDS = [
@@ -637,6 +980,31 @@ KINDS = [
         columns=(
             Column("Action", lambda o: o.spec.action),
             Column("Targets", _targets),
+        ),
+        subresources=("status",),
+    ),
+    Kind(
+        group=GROUP,
+        version=VERSION,
+        kind="FaultInjection",
+        plural="faultinjections",
+        model=FaultInjection,
+        short_names=("fault",),
+        columns=(
+            Column("Delay", _delay),
+            Column("Abort", _abort),
+        ),
+    ),
+    Kind(
+        group=GROUP,
+        version=VERSION,
+        kind="BackendTrafficPolicy",
+        plural="backendtrafficpolicies",
+        model=BackendTrafficPolicy,
+        short_names=("btp",),
+        columns=(
+            Column("Targets", _targets),
+            Column("LoadBalancer", _load_balancer),
         ),
         subresources=("status",),
     ),

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from innermesh import __version__
-from innermesh.cli import apply, common, delete, demo, describe, get, server
+from innermesh.cli import apply, common, delete, demo, describe, get, proxy, server
 
 
 class Parser(argparse.ArgumentParser):
@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_connection_flags(parser, top_level=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
-    for module in (server, apply, get, delete, describe, demo):
+    for module in (server, proxy, apply, get, delete, describe, demo):
         module.add_parser(sub)
     return parser
 

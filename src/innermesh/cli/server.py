@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from innermesh.cli import common
 
 DEFAULT_LISTEN = "127.0.0.1:7443"
+DEFAULT_XDS_LISTEN = "127.0.0.1:15010"
 DATA_DIR_ENV = "INNERMESH_DATA_DIR"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -37,6 +38,7 @@ def add_parser(sub: Any) -> None:
         description="Run the innermesh control plane until SIGINT or SIGTERM.",
     )
     add_listen_flags(p)
+    add_xds_flag(p)
     p.add_argument(
         "--store", choices=("sqlite", "etcd"), default="sqlite", help="the store (default: sqlite)"
     )
@@ -78,6 +80,15 @@ def add_listen_flags(p: argparse.ArgumentParser, default_listen: str = DEFAULT_L
     )
 
 
+def add_xds_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--xds-listen",
+        metavar="HOST:PORT",
+        default=DEFAULT_XDS_LISTEN,
+        help=f"where the xDS (ADS) server listens for sidecars and proxyless gRPC (default: {DEFAULT_XDS_LISTEN})",
+    )
+
+
 def add_log_flag(p: argparse.ArgumentParser, default: str = "info") -> None:
     p.add_argument(
         "--log-level",
@@ -88,8 +99,8 @@ def add_log_flag(p: argparse.ArgumentParser, default: str = "info") -> None:
     )
 
 
-def parse_listen(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) -> (host, port); UsageError naming --listen if not."""
+def parse_listen(text: str, flag: str = "--listen") -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) -> (host, port); UsageError naming the flag if not."""
     host, sep, port_text = text.rpartition(":")
     problem = ""
     if not sep or not host:
@@ -105,7 +116,7 @@ def parse_listen(text: str) -> tuple[str, int]:
     elif ":" in host:
         problem = problem or "write an IPv6 address in brackets: [::1]:7443"
     if problem:
-        raise common.UsageError(f"error: --listen {text!r}: {problem} (e.g. 127.0.0.1:7443)")
+        raise common.UsageError(f"error: {flag} {text!r}: {problem} (e.g. 127.0.0.1:7443)")
     return host, int(port_text)
 
 
@@ -150,6 +161,7 @@ def build_config(args: argparse.Namespace) -> Any:
     from innermesh.server import ServerConfig
 
     host, port = parse_listen(args.listen)
+    xds_host, xds_port = parse_listen(args.xds_listen, "--xds-listen")
     try:
         parse_service_cidrs(args.service_cidr)
     except ValueError as e:
@@ -163,6 +175,8 @@ def build_config(args: argparse.Namespace) -> Any:
     return ServerConfig(
         listen_host=host,
         listen_port=port,
+        xds_host=xds_host,
+        xds_port=xds_port,
         data_dir=data_dir.expanduser(),
         store=args.store,
         etcd_endpoints=_check_etcd_endpoints(args.etcd_endpoints),

@@ -66,6 +66,10 @@ class Informer(Generic[R]):
     def keys(self) -> builtins.list[Key]:
         return list(self._cache)
 
+    def snapshot(self) -> dict[Key, R]:
+        """A copy of the whole cache, for readers that want one consistent view."""
+        return dict(self._cache)
+
     def add_handler(self, handler: Handler[R]) -> None:
         self._handlers.append(handler)
 

@@ -25,7 +25,7 @@ from typing import Any
 from innermesh.api.core import Namespace, Service, ServiceAccount
 from innermesh.api.discovery import MANAGED_BY_LABEL, EndpointSlice
 from innermesh.api.gateway import Gateway, GatewayClass, GRPCRoute, HTTPRoute, ReferenceGrant
-from innermesh.api.mesh import Workload
+from innermesh.api.mesh import FaultInjection, Workload
 from innermesh.api.networking import IPAddress
 from innermesh.api.registry import Kind, Registry
 from innermesh.api.scheme import REGISTRY
@@ -91,6 +91,7 @@ class ControllerManager:
         gw_kind = kind("gateway.networking.k8s.io/v1", "Gateway")
         gc_kind = kind("gateway.networking.k8s.io/v1", "GatewayClass")
         grant_kind = kind("gateway.networking.k8s.io/v1", "ReferenceGrant")
+        fault_kind = kind("mesh.innermesh.io/v1alpha1", "FaultInjection")
 
         namespaces: Informer[Namespace] = self._informer(ns_kind)
         services: Informer[Service] = self._informer(svc_kind)
@@ -105,6 +106,7 @@ class ControllerManager:
         gateways: Informer[Gateway] = self._informer(gw_kind)
         classes: Informer[GatewayClass] = self._informer(gc_kind)
         grants: Informer[ReferenceGrant] = self._informer(grant_kind)
+        faults: Informer[FaultInjection] = self._informer(fault_kind)
 
         self.endpointslices = EndpointSliceController(
             client,
@@ -136,6 +138,7 @@ class ControllerManager:
             classes,
             grants,
             namespaces,
+            fault_injections=faults,
         )
         self.namespaces = NamespaceController(
             client, ns_kind, sa_kind, registry, namespaces, service_accounts

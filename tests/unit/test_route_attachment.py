@@ -6,6 +6,15 @@ from typing import Any
 
 import pytest
 
+from innermesh.api.attachment import (
+    CONTROLLER_NAME,
+    StaticWorld,
+    extension_refs,
+    gateway_class_status,
+    hostnames_intersect,
+    route_status,
+    route_status_changed,
+)
 from innermesh.api.core import Namespace, Service
 from innermesh.api.gateway import (
     Gateway,
@@ -15,14 +24,7 @@ from innermesh.api.gateway import (
     ReferenceGrant,
     RouteParentStatus,
 )
-from innermesh.controllers.routestatus import (
-    CONTROLLER_NAME,
-    StaticWorld,
-    gateway_class_status,
-    hostnames_intersect,
-    route_status,
-    route_status_changed,
-)
+from innermesh.api.mesh import FaultInjection
 
 NS = "shop"
 T0 = "2026-01-01T00:00:00Z"
@@ -272,6 +274,140 @@ def test_grpc_routes_get_the_same_treatment() -> None:
         "Accepted": ("True", "Accepted"),
         "ResolvedRefs": ("True", "ResolvedRefs"),
     }
+
+
+# ---------------------------------------------------------------------------------------------------
+# ExtensionRef filters (FaultInjection)
+
+FAULT_REF = {"group": "mesh.innermesh.io", "kind": "FaultInjection", "name": "flaky"}
+
+
+def fault_injection(name: str = "flaky", namespace: str = NS) -> FaultInjection:
+    return FaultInjection.model_validate(
+        {"metadata": {"name": name, "namespace": namespace}, "spec": {"abort": {"httpStatus": 503}}}
+    )
+
+
+def route_with_filter(
+    *refs: dict[str, Any], on_backend: bool = False, kind: str = "HTTPRoute", backend: str = "web"
+) -> HTTPRoute | GRPCRoute:
+    """A route with ExtensionRef filters, on its rule or on its backendRef."""
+    filters = [{"type": "ExtensionRef", "extensionRef": ref} for ref in refs]
+    rule: dict[str, Any] = {"backendRefs": [{"name": backend, "port": 80}]}
+    if on_backend:
+        rule["backendRefs"][0]["filters"] = filters
+    else:
+        rule["filters"] = filters
+    body = {
+        "metadata": {"name": "r", "namespace": NS, "generation": 1},
+        "spec": {"parentRefs": [SVC_PARENT], "rules": [rule]},
+    }
+    if kind == "HTTPRoute":
+        return HTTPRoute.model_validate(body)
+    return GRPCRoute.model_validate(body)
+
+
+def resolved_condition(route: HTTPRoute | GRPCRoute, world: StaticWorld) -> tuple[str, str, str]:
+    (entry,) = route_status(route, world, now=T0).parents
+    cond = next(c for c in entry.conditions if c.type == "ResolvedRefs")
+    return cond.status, cond.reason, cond.message
+
+
+@pytest.mark.parametrize("kind", ["HTTPRoute", "GRPCRoute"])
+@pytest.mark.parametrize("on_backend", [False, True], ids=["rule-filter", "backend-filter"])
+def test_existing_fault_injection_resolves(kind: str, on_backend: bool) -> None:
+    """A FaultInjection filter naming one that exists in the route's namespace resolves."""
+    route = route_with_filter(FAULT_REF, on_backend=on_backend, kind=kind)
+    world = StaticWorld(services=[service()], fault_injections=[fault_injection()])
+    assert resolved_condition(route, world) == ("True", "ResolvedRefs", "all references resolved")
+
+
+@pytest.mark.parametrize("kind", ["HTTPRoute", "GRPCRoute"])
+@pytest.mark.parametrize("on_backend", [False, True], ids=["rule-filter", "backend-filter"])
+def test_missing_fault_injection_is_backend_not_found(kind: str, on_backend: bool) -> None:
+    """A FaultInjection that does not exist (or exists only in another namespace): BackendNotFound."""
+    route = route_with_filter(FAULT_REF, on_backend=on_backend, kind=kind)
+    elsewhere = StaticWorld(services=[service()], fault_injections=[fault_injection(namespace="other")])
+    assert resolved_condition(route, elsewhere) == (
+        "False",
+        "BackendNotFound",
+        'filter extensionRef FaultInjection "shop/flaky" does not exist',
+    )
+    other_name = StaticWorld(services=[service()], fault_injections=[fault_injection("steady")])
+    assert resolved_condition(route, other_name)[:2] == ("False", "BackendNotFound")
+
+
+@pytest.mark.parametrize(
+    "ref",
+    [
+        {"group": "example.com", "kind": "RateLimit", "name": "flaky"},
+        {"group": "example.com", "kind": "FaultInjection", "name": "flaky"},
+        {"group": "mesh.innermesh.io", "kind": "Workload", "name": "flaky"},
+        {"group": "", "kind": "ConfigMap", "name": "flaky"},
+    ],
+    ids=["other-group-and-kind", "other-group", "other-kind", "core-group"],
+)
+def test_other_extension_kinds_are_invalid_kind(ref: dict[str, str]) -> None:
+    """An ExtensionRef to anything but mesh.innermesh.io/FaultInjection: InvalidKind, even if a
+    FaultInjection of that name exists."""
+    world = StaticWorld(services=[service()], fault_injections=[fault_injection()])
+    group = ref["group"] or "core"
+    assert resolved_condition(route_with_filter(ref), world) == (
+        "False",
+        "InvalidKind",
+        (
+            f'filter extensionRef "flaky": kind {group}/{ref["kind"]} is not supported '
+            "(only mesh.innermesh.io/FaultInjection)"
+        ),
+    )
+
+
+def test_backend_problems_come_before_filter_problems() -> None:
+    """A missing backend and a missing FaultInjection: the backend's reason, both in the message;
+    among filters, the first problem gives the reason."""
+    route = route_with_filter({**FAULT_REF, "name": "gone"}, backend="missing")
+    assert resolved_condition(route, StaticWorld(services=[service()])) == (
+        "False",
+        "BackendNotFound",
+        (
+            'backendRef Service "shop/missing" does not exist; '
+            'filter extensionRef FaultInjection "shop/gone" does not exist'
+        ),
+    )
+    route = route_with_filter({"group": "x.io", "kind": "Thing", "name": "t"}, {**FAULT_REF, "name": "gone"})
+    status, reason, message = resolved_condition(route, StaticWorld(services=[service()]))
+    assert (status, reason) == ("False", "InvalidKind")
+    assert message.endswith('; filter extensionRef FaultInjection "shop/gone" does not exist')
+
+
+def test_extension_refs_lists_rule_then_backend_filters() -> None:
+    """extension_refs walks rule filters, then each backendRef's filters, rule by rule."""
+    route = HTTPRoute.model_validate(
+        {
+            "metadata": {"name": "r", "namespace": NS},
+            "spec": {
+                "rules": [
+                    {
+                        "filters": [
+                            {"type": "ExtensionRef", "extensionRef": {**FAULT_REF, "name": "a"}},
+                            {"type": "RequestHeaderModifier", "requestHeaderModifier": {"remove": ["x"]}},
+                        ],
+                        "backendRefs": [
+                            {
+                                "name": "web",
+                                "port": 80,
+                                "filters": [
+                                    {"type": "ExtensionRef", "extensionRef": {**FAULT_REF, "name": "b"}}
+                                ],
+                            }
+                        ],
+                    },
+                    {"filters": [{"type": "ExtensionRef", "extensionRef": {**FAULT_REF, "name": "c"}}]},
+                ]
+            },
+        }
+    )
+    assert [r.name for r in extension_refs(route)] == ["a", "b", "c"]
 
 
 # ---------------------------------------------------------------------------------------------------

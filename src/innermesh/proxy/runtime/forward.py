@@ -1,0 +1,865 @@
+"""One request's trip through the proxy: route, policy, tries, response (``Exchange``), and the
+fire-and-forget copies of it sent to mirror clusters (``Shadow``).
+
+An exchange is driven by callbacks, not a coroutine: the downstream protocol feeds it the request
+body, the upstream connection feeds it the response, and timers (fault delay, retry backoff,
+timeouts) are loop handles. The common request (a route, an idle pooled connection, no timeout)
+costs no task and no timer.
+
+The life of an exchange::
+
+    start ─ route ─┬─ no route / redirect / direct response / fault abort ─> local answer
+                   └─ forward ─ (fault delay) ─ pick backend, cluster, endpoint ─ connection
+                        ─ request sent ─ response head ─ body ─ end
+                           │  └─ retriable status, reset, connect failure, per-try timeout:
+                           │     back off, pick again (avoiding endpoints tried), resend
+                           └─ 101 / CONNECT: the two connections become a byte tunnel
+
+Retries replay the request body, so a request is retried only while its whole body is still held:
+bodies up to ``REPLAY_LIMIT`` are kept as they stream; a larger body is dropped as it is sent and the
+request is not retried (nor mirrored). Once the response head has gone to the client nothing can be
+retried; a failure after that resets the client connection.
+
+Timeouts follow Envoy: the route timeout (``Forward.timeout``) runs from the end of the request to the
+end of the response, across retries; the per-try timeout from each try's start to the end of its
+response. Either firing before the response head went out answers 504 upstream_timeout (or retries,
+for a per-try timeout that the policy retries on ``reset`` or 504); after it, the client connection
+is reset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from innermesh.proxy.balance import generated_cookie, hash_for
+from innermesh.proxy.plan import (
+    REASON_HEADER,
+    Backend,
+    Cluster,
+    DirectResponse,
+    EndpointState,
+    Forward,
+    Headers,
+    PickContext,
+    Plan,
+    Redirect,
+    RetryPolicy,
+    Route,
+)
+from innermesh.proxy.runtime import errors, wire
+from innermesh.proxy.runtime.errors import Answer
+from innermesh.proxy.runtime.limits import REPLAY_LIMIT, SHADOW_TIMEOUT
+from innermesh.proxy.runtime.messages import Downstream, Request, ResponseHead
+from innermesh.proxy.runtime.tcp import TunnelEnd, connect_endpoint
+from innermesh.proxy.runtime.upstream import ClusterPool, UpstreamConnection, Waiter
+
+if TYPE_CHECKING:
+    from innermesh.proxy.runtime.context import Context, ListenerHandle
+    from innermesh.proxy.stats import ClusterStats
+
+log = logging.getLogger(__name__)
+
+# Exchange states.
+_NEW = 0  # created; body may be arriving; not routed yet
+_WAITING = 1  # fault delay, connection wait or retry backoff: no request on a connection
+_SENT = 2  # the request is on a connection; no response head yet
+_STREAMING = 3  # the response head went to the client: no retry from here
+_DONE = 4
+_TUNNEL = 5
+
+_MILLION = 1_000_000
+_FIRST_TRY = PickContext()  # no hash, nothing to avoid: shared rather than built per request
+
+
+class Exchange:
+    """One request, from its head to the end of its response."""
+
+    __slots__ = (
+        "_answer_on_fail",
+        "_attempt_endpoint",
+        "_backend",
+        "_body",
+        "_body_done",
+        "_body_size",
+        "_cluster",
+        "_conn",
+        "_cpool",
+        "_cstats",
+        "_down_paused",
+        "_dropped",
+        "_hash",
+        "_mirrored",
+        "_plan",
+        "_request_id",
+        "_retries",
+        "_retry",
+        "_reused",
+        "_route",
+        "_set_cookie",
+        "_stale_retried",
+        "_state",
+        "_timeout",
+        "_timer",
+        "_tried",
+        "_try_timer",
+        "_up_head",
+        "_up_paused",
+        "_waiter",
+        "ctx",
+        "down",
+        "holding",
+        "listener",
+        "request",
+        "status",
+    )
+
+    def __init__(self, ctx: Context, down: Downstream, listener: ListenerHandle, request: Request) -> None:
+        self.ctx = ctx
+        self.down = down
+        self.listener = listener
+        self.request = request
+        self.status = 0  # the status sent to the client (0: none yet)
+        self._state = _NEW
+        self._body: list[bytes] = []  # chunks held: all of them while replayable, else the unsent ones
+        self._body_size = 0
+        self._body_done = not request.chunked and not request.length
+        self._dropped = False  # some body bytes were sent and let go: no replay
+        self._plan: Plan | None = None
+        self._route: Route | None = None
+        self._backend: Backend | None = None
+        self._cluster: Cluster | None = None
+        self._cpool: ClusterPool | None = None
+        self._cstats: ClusterStats | None = None
+        self._hash: int | None = None
+        self._set_cookie: bytes | None = None
+        self._up_head = b""
+        self._conn: UpstreamConnection | None = None
+        self._waiter: Waiter | None = None
+        self._attempt_endpoint: EndpointState | None = None
+        self._tried: set[tuple[str, int]] = set()
+        self._retries = 0
+        self._retry: RetryPolicy | None = None  # the route's, once it forwards
+        self._reused = False
+        self._stale_retried = False
+        self._up_paused = False
+        self.holding = False
+        self._down_paused = False
+        self._request_id = b""
+        self._answer_on_fail = errors.UPSTREAM_CONNECT_FAILURE
+        self._timer: asyncio.TimerHandle | None = None  # fault delay or retry backoff
+        self._timeout: asyncio.TimerHandle | None = None  # the route timeout
+        self._try_timer: asyncio.TimerHandle | None = None
+        self._mirrored = False
+
+    # -- routing -----------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Route the request (with the listener's plan as it is now) and act on the route."""
+        plan = self._plan = self.listener.plan_now()
+        head = self.request.head
+        table_name = self.listener.spec.route_table
+        table = plan.route_tables.get(table_name) if table_name else None
+        vhost = table.lookup(head.authority) if table is not None else None
+        route = vhost.select(head) if vhost is not None else None
+        if route is None:
+            self.listener.stats.no_route += 1
+            self._answer(errors.NO_ROUTE)
+            return
+        self._route = route
+        action = route.action
+        if isinstance(action, DirectResponse):
+            self._local(action.status, self._route_response_headers([]), action.body)
+            return
+        if isinstance(action, Redirect):
+            location = [(b"location", action.location(head))]
+            self._local(action.status, self._route_response_headers(location), b"")
+            return
+        if head.method == b"CONNECT" and not action.tunnel:
+            self._answer(errors.CONNECT_NOT_ALLOWED)
+            return
+        fault = route.fault
+        if fault is not None and fault.delay and self._chance(fault.delay_per_million):
+            self._state = _WAITING
+            self._timer = self.ctx.loop.call_later(fault.delay, self._forward)
+            return
+        self._forward()
+
+    def _forward(self) -> None:
+        self._timer = None
+        route = self._route
+        plan = self._plan
+        assert route is not None
+        assert plan is not None
+        assert isinstance(route.action, Forward)
+        action = route.action
+        fault = route.fault
+        if fault is not None and fault.abort_per_million and self._chance(fault.abort_per_million):
+            if fault.abort_http_status is not None:
+                self._answer(errors.FAULT_ABORT.with_status(fault.abort_http_status))
+                return
+            if fault.abort_grpc_status is not None:
+                # gRPC's "trailers-only" answer: HTTP 200 carrying the status in its headers.
+                headers = [
+                    (b"content-type", b"application/grpc"),
+                    (b"grpc-status", b"%d" % fault.abort_grpc_status),
+                    (b"grpc-message", b"fault injected"),
+                    (REASON_HEADER, errors.FAULT_ABORT.reason),
+                ]
+                self._local(200, headers, b"")
+                return
+        self._retry = action.retry
+        backend = self._backend = action.pick_backend(self.ctx.rng)
+        cluster = self._cluster = plan.clusters.get(backend.cluster)
+        if cluster is None:
+            self._answer(errors.CLUSTER_NOT_FOUND.with_status(action.missing_cluster_status))
+            return
+        self._cpool = self.ctx.pools.cluster(backend.cluster, cluster.limits)
+        self._cstats = self._cpool.stats
+        self._cstats.rq_total += 1
+        head = self.request.head
+        if action.hash_policies:
+            cookie = generated_cookie(action.hash_policies, head, self.ctx.rng)
+            if cookie is not None:
+                self._set_cookie, self._hash = cookie
+            else:
+                self._hash = hash_for(action.hash_policies, head)
+        if action.tunnel and head.method == b"CONNECT":
+            self._state = _WAITING
+            self.ctx.pools.spawn(self._open_tunnel(cluster))
+            return
+        self._up_head = self._upstream_head(route, action, backend, head.authority, mirror=False)
+        if self.request.expect_continue and not self._body_done:
+            self.down.send_continue()
+        if self._body_done:
+            if action.timeout:
+                self._arm_timeout()
+            if action.mirrors:
+                self._mirror()
+        self._try()
+
+    # -- tries -------------------------------------------------------------------------------------------
+
+    def _try(self) -> None:
+        self._timer = None
+        cluster, cpool = self._cluster, self._cpool
+        assert cluster is not None
+        assert cpool is not None
+        assert self._cstats is not None
+        if cpool.active >= cluster.limits.max_requests:
+            self._cstats.cx_overflow += 1
+            self._answer(errors.UPSTREAM_OVERFLOW)
+            return
+        tried = self._tried
+        ctx = PickContext(self._hash, frozenset(tried)) if tried or self._hash is not None else _FIRST_TRY
+        endpoint = cluster.pick(ctx)
+        if endpoint is None:
+            if not tried:
+                self._cstats.no_healthy_upstream += 1
+                self._answer(errors.NO_HEALTHY_UPSTREAM)
+            else:
+                self._answer(self._answer_on_fail)
+            return
+        self._attempt_endpoint = endpoint
+        endpoint.active += 1
+        cpool.active += 1
+        self._cstats.rq_active += 1
+        self._tried.add((endpoint.host, endpoint.port))
+        self._state = _WAITING
+        retry = self._retry
+        if retry is not None and retry.per_try_timeout:
+            self._try_timer = self.ctx.loop.call_later(retry.per_try_timeout, self._try_timed_out)
+        got = cpool.acquire(endpoint, self)
+        if got is None:
+            self._end_try()
+            self._answer(errors.UPSTREAM_OVERFLOW)
+        elif isinstance(got, UpstreamConnection):
+            self.connection_ready(got)
+        else:
+            self._waiter = got
+
+    def connection_ready(self, conn: UpstreamConnection) -> None:
+        self._waiter = None
+        if self._state != _WAITING:  # gave up meanwhile (timeout, client gone)
+            conn.pool.cluster.release(conn)
+            return
+        self._conn = conn
+        self._reused = conn.requests > 0
+        self._state = _SENT
+        self._up_paused = conn.write_paused
+        if self._down_paused:
+            conn.pause_reading()
+        body = self._body
+        conn.send_request(
+            self,
+            self._up_head,
+            body,
+            end=self._body_done,
+            chunked=self.request.chunked,
+            head_request=self.request.head.method == b"HEAD",
+        )
+        assert self._cstats is not None
+        self._cstats.bytes_sent += len(self._up_head) + sum(map(len, body))
+        if self._body_size > REPLAY_LIMIT and body:
+            body.clear()
+            self._dropped = True
+        if self.holding or self._up_paused:
+            self._sync_hold()
+
+    def connection_failed(self) -> None:
+        self._waiter = None
+        if self._state != _WAITING:
+            return
+        self._end_try()
+        retry = self._retry
+        if retry is not None and retry.on_connect_failure and self._can_retry():
+            self._retry_later(errors.UPSTREAM_CONNECT_FAILURE)
+        else:
+            self._answer(errors.UPSTREAM_CONNECT_FAILURE)
+
+    def _can_retry(self) -> bool:
+        retry = self._retry
+        return retry is not None and self._retries < retry.attempts and not self._dropped
+
+    def _retry_later(self, answer: Answer) -> None:
+        """Back off, then try again: Envoy's fully jittered exponential backoff (a random wait up to
+        base * (2^n - 1) before retry n), capped at ``backoff_max`` (10x base by default)."""
+        retry = self._retry
+        assert retry is not None
+        assert self._cstats is not None
+        self._retries += 1
+        self._cstats.rq_retry += 1
+        self._answer_on_fail = answer
+        self._state = _WAITING
+        cap = retry.backoff_max if retry.backoff_max is not None else retry.backoff_base * 10
+        ceiling = min(retry.backoff_base * ((1 << self._retries) - 1), cap)
+        self._timer = self.ctx.loop.call_later(self.ctx.rng.random() * ceiling, self._try)
+
+    def _end_try(self) -> None:
+        """Account for the end of a try (its endpoint's and cluster's in-flight counts)."""
+        endpoint, self._attempt_endpoint = self._attempt_endpoint, None
+        if endpoint is not None:
+            endpoint.active -= 1
+            assert self._cpool is not None
+            assert self._cstats is not None
+            self._cpool.active -= 1
+            self._cstats.rq_active -= 1
+        if self._try_timer is not None:
+            self._try_timer.cancel()
+            self._try_timer = None
+
+    def _try_timed_out(self) -> None:
+        self._try_timer = None
+        assert self._cstats is not None
+        self._cstats.rq_timeout += 1
+        if self._state == _STREAMING:
+            self._reset()
+            return
+        self._drop_upstream()
+        self._end_try()
+        retry = self._retry
+        if retry is not None and (retry.on_reset or 504 in retry.on_status) and self._can_retry():
+            self._retry_later(errors.UPSTREAM_TIMEOUT)
+        else:
+            self._answer(errors.UPSTREAM_TIMEOUT)
+
+    def _arm_timeout(self) -> None:
+        route = self._route
+        if (
+            self._timeout is None
+            and route is not None
+            and isinstance(route.action, Forward)
+            and route.action.timeout
+        ):
+            self._timeout = self.ctx.loop.call_later(route.action.timeout, self._timed_out)
+
+    def _timed_out(self) -> None:
+        self._timeout = None
+        if self._cstats is not None:
+            self._cstats.rq_timeout += 1
+        if self._state == _STREAMING:
+            self._reset()
+        elif self._state in (_WAITING, _SENT):
+            self._answer(errors.UPSTREAM_TIMEOUT)
+
+    # -- the request body (from the downstream) -----------------------------------------------------------
+
+    def request_body(self, data: bytes) -> None:
+        self._body_size += len(data)
+        conn = self._conn
+        if conn is not None and self._state in (_SENT, _STREAMING):
+            conn.send_body(data)
+            assert self._cstats is not None
+            self._cstats.bytes_sent += len(data)
+            if self._body_size > REPLAY_LIMIT:
+                if self._body:
+                    self._body.clear()
+                self._dropped = True
+            else:
+                self._body.append(data)
+            return
+        if self._state == _DONE:
+            return
+        self._body.append(data)
+        self._sync_hold()
+
+    def request_end(self) -> None:
+        self._body_done = True
+        conn = self._conn
+        if conn is not None and self._state in (_SENT, _STREAMING):
+            conn.end_request()
+        # Once the request is forwarded (past a fault's delay and abort), the route timeout starts
+        # with the end of the request, and the mirrors go out with the whole body.
+        if self._cpool is not None and self._state in (_WAITING, _SENT, _STREAMING):
+            self._arm_timeout()
+            self._mirror()
+
+    def upstream_write_paused(self) -> None:
+        self._up_paused = True
+        self._sync_hold()
+
+    def upstream_write_resumed(self) -> None:
+        self._up_paused = False
+        self._sync_hold()
+
+    def _sync_hold(self) -> None:
+        """Stop reading the request body while the upstream cannot take it, or while there is no
+        connection yet and more than ``REPLAY_LIMIT`` is held; read again when neither holds."""
+        if self._state == _DONE:
+            self.holding = False  # the downstream forgets an exchange's holds when it is done
+            return
+        hold = self._up_paused or (
+            self._conn is None and not self._body_done and self._body_size > REPLAY_LIMIT
+        )
+        if hold != self.holding:
+            self.holding = hold
+            if hold:
+                self.down.pause_request_body()
+            else:
+                self.down.resume_request_body()
+
+    # -- the response (from the upstream connection) ------------------------------------------------------
+
+    def response_head(self, head: ResponseHead) -> None:
+        if self._state != _SENT:
+            return
+        retry = self._retry
+        if retry is not None and head.status in retry.on_status and self._can_retry():
+            self._drop_upstream()
+            self._end_try()
+            self._retry_later(errors.UPSTREAM_RESET)
+            return
+        self._state = _STREAMING
+        route, backend = self._route, self._backend
+        assert route is not None
+        assert backend is not None
+        headers: Headers | None = None
+        if route.response_headers is not None:
+            headers = route.response_headers.apply(head.headers)
+        if backend.response_headers is not None:
+            headers = backend.response_headers.apply(headers if headers is not None else head.headers)
+        if self._set_cookie is not None:
+            headers = [*(headers if headers is not None else head.headers), (b"set-cookie", self._set_cookie)]
+        self.status = status = head.status
+        end = status < 200 or status == 204 or status == 304 or self.request.head.method == b"HEAD"
+        self.down.send_response_head(head, headers, end)
+
+    def response_body(self, data: bytes) -> None:
+        if self._state == _STREAMING:
+            assert self._cstats is not None
+            self._cstats.bytes_received += len(data)
+            self.down.send_response_body(data)
+
+    def response_flush(self) -> None:
+        if self._state == _STREAMING:
+            self.down.flush_response()
+
+    def response_end(self) -> None:
+        self._conn = None
+        if self._state != _STREAMING:
+            return
+        self._end_try()
+        self.down.end_response()
+        self._finish()
+
+    def upstream_failed(self, reset: bool) -> None:
+        self._conn = None
+        if self._state not in (_SENT, _STREAMING):
+            return
+        self._end_try()
+        if self._state == _STREAMING:
+            self._reset()
+            return
+        if reset and self._reused and not self._stale_retried and not self._dropped:
+            # A pooled connection the upstream had closed while idle (its FIN was in flight): the
+            # request never reached the application, so it is sent again once, on a new connection.
+            self._stale_retried = True
+            self._tried.clear()
+            self._try()
+            return
+        retry = self._retry
+        answer = errors.UPSTREAM_RESET if reset else errors.UPSTREAM_PROTOCOL_ERROR
+        if reset and retry is not None and retry.on_reset and self._can_retry():
+            self._retry_later(answer)
+        else:
+            self._answer(answer)
+
+    def upgraded(self, head: ResponseHead, leftover: bytes) -> None:
+        conn, self._conn = self._conn, None
+        assert conn is not None
+        if self._state != _SENT or self.request.upgrade is None:
+            conn.close(abort=True)
+            self.upstream_failed(reset=False)
+            return
+        self._end_try()
+        self._cancel_timers()
+        self._state = _TUNNEL
+        self.status = head.status
+        route = self._route
+        assert route is not None
+        headers = route.response_headers.apply(head.headers) if route.response_headers else None
+        assert conn.transport is not None
+        tunnel = self.down.open_tunnel(conn.transport, head, headers)
+        conn.join_tunnel(tunnel, leftover)
+        self._count_status()
+
+    def downstream_paused(self) -> None:
+        """The client's write buffer is full: stop reading the response."""
+        self._down_paused = True
+        if self._conn is not None:
+            self._conn.pause_reading()
+
+    def downstream_resumed(self) -> None:
+        self._down_paused = False
+        if self._conn is not None:
+            self._conn.resume_reading()
+
+    def downstream_lost(self) -> None:
+        """The client went away: drop whatever is in flight."""
+        if self._state in (_DONE, _TUNNEL):
+            return
+        self._state = _DONE
+        self._cancel_timers()
+        self._drop_upstream()
+        self._end_try()
+
+    # -- CONNECT ----------------------------------------------------------------------------------------
+
+    async def _open_tunnel(self, cluster: Cluster) -> None:
+        """CONNECT on a tunnel route: connect to an endpoint (three tries, as for TCP), answer 200 and
+        splice; 503 when no endpoint can be reached."""
+        assert self._cstats is not None
+        for _ in range(3):
+            endpoint = cluster.pick(PickContext(self._hash, frozenset(self._tried)))
+            if endpoint is None:
+                if not self._tried:
+                    self._cstats.no_healthy_upstream += 1
+                    self._answer(errors.NO_HEALTHY_UPSTREAM)
+                    return
+                break
+            self._tried.add((endpoint.host, endpoint.port))
+            try:
+                transport, end = await connect_endpoint(
+                    self.ctx.loop, endpoint, cluster.limits.connect_timeout
+                )
+            except (OSError, TimeoutError):
+                self._cstats.cx_connect_fail += 1
+                continue
+            if self._state != _WAITING:  # the client left meanwhile
+                transport.close()
+                return
+            self._tunnel_to(transport, end, endpoint)
+            return
+        if self._state == _WAITING:
+            self._answer(errors.UPSTREAM_CONNECT_FAILURE)
+
+    def _tunnel_to(self, transport: asyncio.Transport, end: TunnelEnd, endpoint: EndpointState) -> None:
+        self._state = _TUNNEL
+        self.status = 200
+        assert self._cstats is not None
+        self._cstats.cx_total += 1
+        head = ResponseHead(200, b"OK", [], None, None, False)
+        end.attach(self.down.open_tunnel(transport, head, None))
+        self._count_status()
+
+    # -- answers -----------------------------------------------------------------------------------------
+
+    def _answer(self, answer: Answer) -> None:
+        self._local(answer.status, errors.answer_headers(answer), errors.answer_body(answer))
+
+    def _local(self, status: int, headers: Headers, body: bytes) -> None:
+        if self._state == _DONE:
+            return
+        self._cancel_timers()
+        self._drop_upstream()
+        self._end_try()
+        self.status = status
+        self.down.send_local(status, headers, body)
+        self._finish()
+
+    def _route_response_headers(self, headers: Headers) -> Headers:
+        route = self._route
+        if route is not None and route.response_headers is not None:
+            return route.response_headers.apply(headers)
+        return headers
+
+    def _reset(self) -> None:
+        self._cancel_timers()
+        self._drop_upstream()
+        self._end_try()
+        self._state = _DONE
+        self._count_status()
+        self.down.reset()
+
+    def _finish(self) -> None:
+        self._cancel_timers()
+        self._state = _DONE
+        self._count_status()
+        self.down.exchange_done()
+
+    def _count_status(self) -> None:
+        stats = self.listener.stats
+        stats.rq_total += 1
+        c = self.status // 100
+        if c == 2:
+            stats.rq_2xx += 1
+        elif c == 5:
+            stats.rq_5xx += 1
+        elif c == 4:
+            stats.rq_4xx += 1
+        elif c == 3:
+            stats.rq_3xx += 1
+        else:
+            stats.rq_1xx += 1
+        if self._cstats is not None and self.status:
+            self._cstats.count_status(self.status)
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._timer, self._timeout, self._try_timer):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._timeout = self._try_timer = None
+
+    def _drop_upstream(self) -> None:
+        if self._waiter is not None:
+            self._waiter.cancel()
+            self._waiter = None
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.abort()
+        self._up_paused = False
+        self._sync_hold()
+
+    # -- helpers -----------------------------------------------------------------------------------------
+
+    def _chance(self, per_million: int) -> bool:
+        return per_million >= _MILLION or (per_million > 0 and self.ctx.rng.randrange(_MILLION) < per_million)
+
+    def _upstream_head(
+        self, route: Route, action: Forward, backend: Backend | None, authority: bytes, *, mirror: bool
+    ) -> bytes:
+        """The request head for the upstream: the client's bytes with lines appended when nothing
+        rewrites them, else rebuilt with the route's and backend's changes."""
+        req = self.request
+        head = req.head
+        lines = []
+        if req.forwarded_for is None:
+            lines.append(b"x-forwarded-for: %s\r\n" % head.source_ip.encode())
+        if not req.has_proto:
+            lines.append(b"x-forwarded-proto: %s\r\n" % head.scheme)
+        if not req.has_request_id:
+            if not self._request_id:
+                self._request_id = self.ctx.request_id()  # one id for the request and its mirrors
+            lines.append(b"x-request-id: %s\r\n" % self._request_id)
+        rewrite = (
+            req.raw is None
+            or mirror
+            or action.host_rewrite is not None
+            or action.path_rewrite is not None
+            or route.request_headers is not None
+            or (backend is not None and backend.request_headers is not None)
+        )
+        if not rewrite:
+            assert req.raw is not None
+            return wire.patch_head(req.raw, b"".join(lines))
+        headers = head.headers
+        if req.forwarded_for is not None:
+            headers = [(k, v) for k, v in headers if k != b"x-forwarded-for"]
+            lines.append(b"x-forwarded-for: %s, %s\r\n" % (req.forwarded_for, head.source_ip.encode()))
+        if route.request_headers is not None:
+            headers = route.request_headers.apply(headers)
+        if backend is not None and backend.request_headers is not None:
+            headers = backend.request_headers.apply(headers)
+        host = action.host_rewrite or authority
+        if mirror:
+            host = wire.with_shadow_suffix(host)
+        path = action.path_rewrite.apply(head.path) if action.path_rewrite is not None else head.path
+        target = path + b"?" + head.query if head.query else path
+        if head.method == b"OPTIONS" and head.path == b"*":
+            target = b"*"
+        keep = _UPGRADE_HEADERS if req.upgrade is not None and not mirror else frozenset()
+        length, chunked = req.length, req.chunked
+        if mirror and chunked:
+            length, chunked = self._body_size, False  # the whole body is known by then
+        return wire.request_head(
+            head.method,
+            target,
+            host,
+            headers,
+            length=length,
+            chunked=chunked,
+            keep=keep,
+            extra=b"".join(lines),
+        )
+
+    def _mirror(self) -> None:
+        """Send a copy to each mirror cluster whose share this request falls in (once the body is
+        complete; only when all of it is still held)."""
+        route, plan = self._route, self._plan
+        if self._mirrored or route is None or plan is None or not isinstance(route.action, Forward):
+            return
+        self._mirrored = True
+        action = route.action
+        if not action.mirrors or self._dropped or self.request.upgrade is not None:
+            return
+        for mirror in action.mirrors:
+            if not self._chance(mirror.per_million):
+                continue
+            cluster = plan.clusters.get(mirror.cluster)
+            if cluster is None:
+                continue
+            endpoint = cluster.pick(PickContext(self._hash))
+            if endpoint is None:
+                continue
+            head = self._upstream_head(route, action, None, self.request.head.authority, mirror=True)
+            cpool = self.ctx.pools.cluster(mirror.cluster, cluster.limits)
+            Shadow(
+                self.ctx,
+                cpool,
+                endpoint,
+                head,
+                list(self._body),
+                self.request.head.method == b"HEAD",
+                action.timeout,
+            ).start()
+
+
+_UPGRADE_HEADERS = frozenset({b"connection", b"upgrade"})
+
+
+class Shadow:
+    """A mirrored request: sent with the whole body, its response read and dropped. It never
+    delays or fails the request it copies; it gives up after the route's timeout (or
+    ``SHADOW_TIMEOUT``)."""
+
+    __slots__ = (
+        "_body",
+        "_conn",
+        "_cpool",
+        "_ctx",
+        "_endpoint",
+        "_head",
+        "_head_request",
+        "_live",
+        "_timeout",
+        "_timer",
+        "_waiter",
+    )
+
+    def __init__(
+        self,
+        ctx: Context,
+        cpool: ClusterPool,
+        endpoint: EndpointState,
+        head: bytes,
+        body: list[bytes],
+        head_request: bool,
+        timeout: float | None,
+    ) -> None:
+        self._ctx = ctx
+        self._cpool = cpool
+        self._endpoint = endpoint
+        self._head = head
+        self._body = body
+        self._head_request = head_request
+        self._timeout = timeout or SHADOW_TIMEOUT
+        self._conn: UpstreamConnection | None = None
+        self._waiter: Waiter | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._live = False
+
+    def start(self) -> None:
+        self._cpool.stats.rq_total += 1
+        self._endpoint.active += 1
+        self._live = True
+        self._timer = self._ctx.loop.call_later(self._timeout, self._give_up)
+        got = self._cpool.acquire(self._endpoint, self)
+        if got is None:
+            self._done()
+        elif isinstance(got, UpstreamConnection):
+            self.connection_ready(got)
+        else:
+            self._waiter = got
+
+    def connection_ready(self, conn: UpstreamConnection) -> None:
+        self._waiter = None
+        if not self._live:
+            conn.pool.cluster.release(conn)
+            return
+        self._conn = conn
+        conn.send_request(
+            self, self._head, self._body, end=True, chunked=False, head_request=self._head_request
+        )
+
+    def connection_failed(self) -> None:
+        self._waiter = None
+        self._done()
+
+    def response_head(self, head: ResponseHead) -> None:
+        self._cpool.stats.count_status(head.status)
+
+    def response_body(self, data: bytes) -> None:
+        pass  # a shadow's response is read only to keep its connection reusable
+
+    def response_flush(self) -> None:
+        pass
+
+    def response_end(self) -> None:
+        self._conn = None
+        self._done()
+
+    def upstream_failed(self, reset: bool) -> None:
+        self._conn = None
+        self._done()
+
+    def upstream_write_paused(self) -> None:
+        pass  # the whole body is already written; the transport buffers it
+
+    def upstream_write_resumed(self) -> None:
+        pass
+
+    def upgraded(self, head: ResponseHead, leftover: bytes) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close(abort=True)
+        self._done()
+
+    def _give_up(self) -> None:
+        self._timer = None
+        if self._waiter is not None:
+            self._waiter.cancel()
+            self._waiter = None
+        if self._conn is not None:
+            self._conn.abort()
+            self._conn = None
+        self._done()
+
+    def _done(self) -> None:
+        if not self._live:
+            return
+        self._live = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._endpoint.active -= 1
