@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ import pytest
 from innermesh.api.scheme import REGISTRY
 from innermesh.client.http import HttpClient
 from support.eventually import eventually
-from support.server_process import ServerProcess, running_server
+from support.server_process import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 NS = "default"
@@ -101,19 +101,6 @@ class Client:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[ServerProcess]:
-    with running_server(tmp_path / "data") as s:
-        yield s
-
-
-@pytest.fixture
-async def api(server: ServerProcess) -> AsyncIterator[HttpClient]:
-    client = HttpClient(server.url)
-    yield client
-    await client.close()
-
-
-@pytest.fixture
 def backends() -> Iterator[dict[str, Backend]]:
     started: dict[str, Backend] = {}
     try:
@@ -143,7 +130,7 @@ def service(name: str, selector: dict[str, str]) -> dict[str, Any]:
 
 
 async def test_grpcio_follows_endpoints_and_a_weighted_split(
-    server: ServerProcess, api: HttpClient, backends: dict[str, Backend], tmp_path: Path
+    mesh_server: ServerProcess, api: HttpClient, backends: dict[str, Backend], tmp_path: Path
 ) -> None:
     await api.create(SERVICE, NS, service("echo", {"app": "echo"}))
     await api.create(SERVICE, NS, service("echo-v1", {"app": "echo", "version": "v1"}))
@@ -157,7 +144,7 @@ async def test_grpcio_follows_endpoints_and_a_weighted_split(
             {
                 "xds_servers": [
                     {
-                        "server_uri": f"127.0.0.1:{server.xds_port}",
+                        "server_uri": f"127.0.0.1:{mesh_server.xds_port}",
                         "channel_creds": [{"type": "insecure"}],
                         "server_features": ["xds_v3"],
                     }

@@ -26,7 +26,7 @@ from innermesh.client.http import HttpClient
 from support.echo_backend import EchoBackend
 from support.eventually import eventually
 from support.proxy_process import ProxyProcess, running_proxy
-from support.server_process import LOOPBACK, ServerProcess, running_server
+from support.server_process import LOOPBACK, ServerProcess
 
 NS = "default"
 SERVICE = REGISTRY.by_gvk("v1", "Service")
@@ -81,19 +81,6 @@ async def curl(proxy: ProxyProcess, host: str, path: str = "/", *args: str) -> A
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[ServerProcess]:
-    with running_server(tmp_path / "data") as s:
-        yield s
-
-
-@pytest.fixture
-async def api(server: ServerProcess) -> AsyncIterator[HttpClient]:
-    client = HttpClient(server.url)
-    yield client
-    await client.close()
-
-
-@pytest.fixture
 def backends() -> Iterator[dict[str, EchoBackend]]:
     started: dict[str, EchoBackend] = {}
     try:
@@ -133,10 +120,10 @@ async def mesh(api: HttpClient, backends: dict[str, EchoBackend]) -> None:
 
 @pytest.fixture
 async def proxy(
-    server: ServerProcess, api: HttpClient, backends: dict[str, EchoBackend], tmp_path: Path
+    mesh_server: ServerProcess, api: HttpClient, backends: dict[str, EchoBackend], tmp_path: Path
 ) -> AsyncIterator[ProxyProcess]:
     await mesh(api, backends)
-    with running_proxy(server.xds_port, f"{NS}/client", tmp_path / "proxy.log") as p:
+    with running_proxy(mesh_server.xds_port, f"{NS}/client", tmp_path / "proxy.log") as p:
 
         async def routed() -> bool:
             return (await curl(p, "web.default")).status == 200
@@ -251,7 +238,7 @@ async def test_admin_port_reports_readiness_stats_and_config(proxy: ProxyProcess
 
 
 async def test_inbound_listener_forwards_to_the_local_app(
-    server: ServerProcess,
+    mesh_server: ServerProcess,
     api: HttpClient,
     proxy: ProxyProcess,
     backends: dict[str, EchoBackend],
@@ -264,7 +251,7 @@ async def test_inbound_listener_forwards_to_the_local_app(
     await api.create(SERVICE, NS, service("shop", {"app": "shop"}))
     await api.create(WORKLOAD, NS, workload("shop-1", inbound_port, {"app": "shop"}))
     with running_proxy(
-        server.xds_port, f"{NS}/shop-1", tmp_path / "shop-proxy.log", app_ports={inbound_port: app.port}
+        mesh_server.xds_port, f"{NS}/shop-1", tmp_path / "shop-proxy.log", app_ports={inbound_port: app.port}
     ) as shop_sidecar:
 
         async def through_both() -> Answer | None:
@@ -286,7 +273,7 @@ def served_count(backends: dict[str, EchoBackend], names: tuple[str, ...] = ("a"
 
 
 async def test_a_restart_under_load_loses_no_accepted_request(
-    server: ServerProcess, proxy: ProxyProcess, backends: dict[str, EchoBackend]
+    mesh_server: ServerProcess, proxy: ProxyProcess, backends: dict[str, EchoBackend]
 ) -> None:
     """SIGTERM while requests are in flight: every request the proxy accepted is answered in full;
     what it did not accept is refused (or reset while waiting in the kernel's accept queue) before it
