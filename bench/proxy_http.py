@@ -44,6 +44,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
@@ -95,13 +97,15 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def process_tree_rss_mb(pid: int) -> float:
-    """RSS of a process and its children (nginx and haproxy may fork workers)."""
-    total = rss_mb(pid)
+def process_tree(pid: int) -> list[int]:
+    """A process and its children (nginx forks its worker; taskset execs in place)."""
     with contextlib.suppress(OSError):
-        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-            total += rss_mb(int(child))
-    return total
+        return [pid, *(int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split())]
+    return [pid]
+
+
+def process_tree_rss_mb(pid: int) -> float:
+    return sum(rss_mb(p) for p in process_tree(pid))
 
 
 @dataclass
@@ -124,7 +128,7 @@ UNIT = {"us": 1.0, "ms": 1000.0, "s": 1e6}
 
 
 def wrk(url: str, host: str | None, connections: int, seconds: float) -> dict[str, float]:
-    cmd = ["taskset", "-c", "0", "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    cmd = ["taskset", "-c", "0", "wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency"]
     if host:
         cmd += ["-H", f"Host: {host}"]
     out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
@@ -267,10 +271,12 @@ def innermesh_manifests(backend_port: int) -> list[dict[str, object]]:
 
 def apply(api: str, manifests: list[dict[str, object]], tmp: Path) -> None:
     path = tmp / "bench.yaml"
-    path.write_text("\n---\n".join(json.dumps(m) for m in manifests))
-    subprocess.run(
-        [*innermesh_command(), "--server", api, "apply", "-f", str(path)], check=True, capture_output=True
+    path.write_text(yaml.safe_dump_all(manifests))
+    done = subprocess.run(
+        [*innermesh_command(), "--server", api, "apply", "-f", str(path)], capture_output=True, text=True
     )
+    if done.returncode != 0:
+        raise RuntimeError(f"innermesh apply failed:\n{done.stdout}{done.stderr}")
 
 
 def main() -> int:
@@ -302,7 +308,7 @@ def main() -> int:
         hcfg.write_text(
             f"""global
   nbthread 1
-  maxconn 10000
+  maxconn 4096
 defaults
   mode http
   timeout connect 5s
