@@ -34,6 +34,7 @@ from innermesh.controllers.manager import ControllerManager
 from innermesh.store import open_backend
 from innermesh.store.backend import Backend
 from innermesh.store.objects import ObjectStore
+from innermesh.xds import metrics as xds_metrics
 from innermesh.xds.nackstatus import NackStatus
 from innermesh.xds.proxyinfo import proxy_info
 from innermesh.xds.server import XdsServer
@@ -146,7 +147,11 @@ class ControlPlane:
         self.xds_port = await self.xds.start(cfg.xds_host, cfg.xds_port)
         self._tasks.append(asyncio.create_task(nacks.run(), name="xds-nack-status"))
         self._api = api = ApiServer(
-            self.resources, token=token, bookmark_interval=cfg.bookmark_interval, ready=lambda: self._ready
+            self.resources,
+            token=token,
+            bookmark_interval=cfg.bookmark_interval,
+            ready=lambda: self._ready,
+            metrics=self._metrics,
         )
         self._runner = web.AppRunner(api.app(), access_log=None, handle_signals=False)
         await self._runner.setup()
@@ -167,6 +172,11 @@ class ControlPlane:
             cfg.store,
             cfg.data_dir,
         )
+
+    def _metrics(self) -> str:
+        if self.xds is None:
+            return ""
+        return xds_metrics.render(self.xds.stats, self.xds.connections())
 
     async def _bootstrap(self) -> None:
         assert self.resources is not None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import aiohttp
 from envoy.config.route.v3 import route_pb2
 
 from innermesh.api.scheme import REGISTRY
@@ -135,7 +136,13 @@ async def test_a_nack_shows_on_the_route_and_clears_once_accepted(
         cond = await eventually(rejected, timeout=5)
         assert cond["reason"] == "Rejected"
         assert cond["message"] == f"sidecar~default~client rejected it: {reason}"
-        assert control_plane.xds is not None and control_plane.xds.stats.nacks[ROUTE] == 1
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{control_plane.port}/metrics") as r,
+        ):
+            metrics = await r.text()
+        assert 'innermesh_xds_nacks_total{type="RouteConfiguration"} 1' in metrics.splitlines()
+        assert 'innermesh_xds_connected_proxies{kind="sidecar"} 1' in metrics.splitlines()
 
         # A new version of the route, which the data plane accepts: the condition turns True.
         obj = await api.get(HTTPROUTE, NS, "web")

@@ -324,3 +324,147 @@ async def test_a_restart_under_load_loses_no_accepted_request(
     assert served_count(backends) - before == results["ok"], (
         "a request reached an app but its answer was lost"
     )
+
+
+BTP = REGISTRY.by_gvk("mesh.innermesh.io/v1alpha1", "BackendTrafficPolicy")
+FAULT = REGISTRY.by_gvk("mesh.innermesh.io/v1alpha1", "FaultInjection")
+
+
+async def test_session_affinity_by_header_with_ring_hash(proxy: ProxyProcess, api: HttpClient) -> None:
+    await api.create(
+        BTP,
+        NS,
+        {
+            "metadata": {"name": "web-affinity"},
+            "spec": {
+                "targetRefs": [{"group": "", "kind": "Service", "name": "web"}],
+                "loadBalancer": {
+                    "type": "RingHash",
+                    "consistentHash": {"type": "Header", "header": {"name": "x-user"}},
+                },
+            },
+        },
+    )
+
+    async def sticky() -> dict[str, str]:
+        chosen: dict[str, str] = {}
+        for user in (f"user-{i}" for i in range(12)):
+            served = {
+                (await curl(proxy, "web.default", "/", "-H", f"x-user: {user}")).endpoint for _ in range(3)
+            }
+            assert len(served) == 1, f"{user} went to {served}"
+            chosen[user] = served.pop()
+        return chosen
+
+    chosen = await eventually(sticky, timeout=5)
+    assert len(set(chosen.values())) >= 2, f"12 users should not all hash to one endpoint: {chosen}"
+
+
+async def test_zone_aware_preference_and_failover(
+    mesh_server: ServerProcess, api: HttpClient, backends: dict[str, EchoBackend], tmp_path: Path
+) -> None:
+    """A client in zone z1 sends everything to the one endpoint in z1 while it is ready, and fails
+    over to the other zone's endpoints when it is not."""
+    await api.create(SERVICE, NS, service("zoned", {"app": "zoned"}))
+    for name, zone in (("a", "z1"), ("b", "z2"), ("c", "z2")):
+        w = workload(f"zoned-{name}", backends[name].port, {"app": "zoned"})
+        w["spec"]["zone"] = zone
+        await api.create(WORKLOAD, NS, w)
+    client = workload("zclient", None, {"app": "zclient"})
+    client["spec"]["zone"] = "z1"
+    await api.create(WORKLOAD, NS, client)
+    with running_proxy(mesh_server.xds_port, f"{NS}/zclient", tmp_path / "zproxy.log") as p:
+
+        async def local_only() -> bool:
+            return {(await curl(p, "zoned.default")).endpoint for _ in range(10)} == {"a"}
+
+        await eventually(local_only, timeout=10)
+        await api.delete(WORKLOAD, NS, "zoned-a")
+
+        async def failed_over() -> bool:
+            return {(await curl(p, "zoned.default")).endpoint for _ in range(10)} == {"b", "c"}
+
+        await eventually(failed_over, timeout=5)
+
+
+async def test_route_filters_through_the_whole_chain(proxy: ProxyProcess, api: HttpClient) -> None:
+    """Objects applied through the API -> translator -> xDS -> the sidecar's answers: a redirect, a
+    fault injected through an ExtensionRef to our FaultInjection kind, a rewrite, a timeout."""
+    await api.create(
+        FAULT,
+        NS,
+        {"metadata": {"name": "broken"}, "spec": {"abort": {"httpStatus": 418, "percentage": 100}}},
+    )
+    await api.create(
+        HTTPROUTE,
+        NS,
+        {
+            "metadata": {"name": "web-filters"},
+            "spec": {
+                "parentRefs": [{"group": "", "kind": "Service", "name": "web", "port": 80}],
+                "rules": [
+                    {
+                        "matches": [{"path": {"type": "PathPrefix", "value": "/old"}}],
+                        "filters": [
+                            {
+                                "type": "RequestRedirect",
+                                "requestRedirect": {
+                                    "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/new"},
+                                    "statusCode": 301,
+                                },
+                            }
+                        ],
+                    },
+                    {
+                        "matches": [{"path": {"type": "PathPrefix", "value": "/fault"}}],
+                        "filters": [
+                            {
+                                "type": "ExtensionRef",
+                                "extensionRef": {
+                                    "group": "mesh.innermesh.io",
+                                    "kind": "FaultInjection",
+                                    "name": "broken",
+                                },
+                            }
+                        ],
+                        "backendRefs": [{"name": "web", "port": 80}],
+                    },
+                    {
+                        "matches": [{"path": {"type": "PathPrefix", "value": "/api"}}],
+                        "filters": [
+                            {
+                                "type": "URLRewrite",
+                                "urlRewrite": {
+                                    "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/v2"}
+                                },
+                            }
+                        ],
+                        "backendRefs": [{"name": "web", "port": 80}],
+                    },
+                    {
+                        "matches": [{"path": {"type": "PathPrefix", "value": "/slow"}}],
+                        "timeouts": {"request": "200ms"},
+                        "backendRefs": [{"name": "web", "port": 80}],
+                    },
+                    {"backendRefs": [{"name": "web", "port": 80}]},
+                ],
+            },
+        },
+    )
+
+    async def redirected() -> Answer | None:
+        a = await curl(proxy, "web.default", "/old/page?x=1")
+        return a if a.status == 301 else None
+
+    answer = await eventually(redirected, timeout=5)
+    assert answer is not None
+    assert answer.headers["location"] == "http://web.default/new/page?x=1"
+
+    fault = await curl(proxy, "web.default", "/fault")
+    assert (fault.status, fault.headers["x-innermesh-reason"]) == (418, "fault_abort")
+
+    rewritten = await curl(proxy, "web.default", "/api/items?q=2")
+    assert rewritten.status == 200 and rewritten.json["path"] == "/v2/items"
+
+    slow = await curl(proxy, "web.default", "/slow?delay=1000")
+    assert (slow.status, slow.headers["x-innermesh-reason"]) == (504, "upstream_timeout")

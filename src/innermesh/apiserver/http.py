@@ -109,8 +109,10 @@ class ApiServer:
         token: str | None = None,
         bookmark_interval: float = 10.0,
         ready: Callable[[], bool] = lambda: True,
+        metrics: Callable[[], str] = lambda: "",
     ) -> None:
         self.resources = resources
+        self._metrics = metrics
         self.registry = resources.registry
         self._token = token
         self._bookmark_interval = bookmark_interval
@@ -253,6 +255,10 @@ class ApiServer:
             return web.Response(text="ok") if self._ready() else web.Response(status=503, text="not ready")
         if path == "/version":
             return _json(discovery.version_info())
+        if path == "/metrics":
+            return web.Response(
+                text=self._metrics(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
+            )
         if path == "/api":
             return _json(discovery.api_versions())
         if path == "/apis":
