@@ -73,10 +73,14 @@ class ServerConfig:
 
     @property
     def loopback(self) -> bool:
-        try:
-            return ipaddress.ip_address(self.listen_host).is_loopback
-        except ValueError:
-            return self.listen_host == "localhost"
+        return _is_loopback(self.listen_host)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def load_or_create_token(config: ServerConfig) -> str | None:
@@ -145,6 +149,12 @@ class ControlPlane:
         )
         self.xds = XdsServer(self.mesh, proxy_info=proxy_info, on_nack=nacks.on_nack)
         self.xds_port = await self.xds.start(cfg.xds_host, cfg.xds_port)
+        if not _is_loopback(cfg.xds_host):
+            # Node attestation (join tokens) and mTLS for xDS come with the mesh's identity.
+            log.warning(
+                "xDS on %s is not authenticated yet: any client that reaches it gets configuration",
+                cfg.xds_host,
+            )
         self._tasks.append(asyncio.create_task(nacks.run(), name="xds-nack-status"))
         self._api = api = ApiServer(
             self.resources,
