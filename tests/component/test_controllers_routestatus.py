@@ -213,5 +213,38 @@ async def test_other_controllers_entries_are_kept_and_unchanged_routes_are_not_r
     assert (await api.get(HTTPROUTE, NS, "r"))["status"] == obj["status"]
 
 
+async def test_a_grpc_route_takes_the_port_from_an_http_route_within_a_second(api: HttpClient) -> None:
+    """GEP-1426: a GRPCRoute on the HTTPRoute's Service port makes the HTTPRoute Conflicted within a
+    second (the GRPCRoute's own change re-queues it); deleting the GRPCRoute gives the port back."""
+    await api.create(SVC, NS, service("web"))
+    await api.create(HTTPROUTE, NS, route("h", [SVC_PARENT], [{"name": "web", "port": 80}]))
+    await eventually(wants(api, HTTPROUTE, "h", OK), 3.0)
+    await api.create(GRPCROUTE, NS, route("g", [SVC_PARENT], [{"name": "web", "port": 80}]))
+    conflicted = {"Accepted": ("False", "Conflicted"), "ResolvedRefs": ("True", "ResolvedRefs")}
+    taken = await timed(wants(api, HTTPROUTE, "h", conflicted), 3.0)
+    assert await our_conditions(api, GRPCROUTE, "g") == OK
+    await api.delete(GRPCROUTE, NS, "g")
+    given_back = await timed(wants(api, HTTPROUTE, "h", OK), 3.0)
+    print(
+        f"\nGRPCRoute created -> HTTPRoute Conflicted {taken * 1000:.1f} ms, deleted -> {given_back * 1000:.1f} ms"
+    )
+    assert taken < BUDGET
+    assert given_back < BUDGET
+
+
+async def test_rules_the_mesh_cannot_implement_show_in_status(api: HttpClient) -> None:
+    """A rule with a filter the mesh lacks beside a good one: PartiallyInvalid; once the rule is
+    fixed the condition goes away."""
+    await api.create(SVC, NS, service("web"))
+    rewrite = {"type": "URLRewrite", "urlRewrite": {"hostname": "elsewhere"}}
+    body = route("r", [SVC_PARENT], [{"name": "web", "port": 80}])
+    body["spec"]["rules"].append({"backendRefs": [{"name": "web", "port": 80, "filters": [rewrite]}]})
+    await api.create(HTTPROUTE, NS, body)
+    partially = {**OK, "PartiallyInvalid": ("True", "UnsupportedValue")}
+    await eventually(wants(api, HTTPROUTE, "r", partially), 3.0)
+    await api.patch(HTTPROUTE, NS, "r", "merge", {"spec": {"rules": body["spec"]["rules"][:1]}})
+    await eventually(wants(api, HTTPROUTE, "r", OK), 3.0)
+
+
 async def _eq(value: Any, expected: Any) -> bool:
     return bool(await value == expected)

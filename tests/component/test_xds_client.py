@@ -7,19 +7,21 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import grpc
 import pytest
 
 from innermesh.proxy.xdsclient import ConfigRejected, XdsClient
 from innermesh.xds.server import XdsServer
 from innermesh.xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, Resources
 from support.eventually import eventually
-from support.xds import FakeSource, mesh, node, proxy_info
+from support.xds import FakeSource, mesh, node, proxy_info, route_config, sidecar_listener
 
 SIDECAR = "sidecar~default~w1"
 
 
 class Recorder:
-    """An ``apply`` that keeps what it accepted, with when; refuses configs with an endpoint on 6666."""
+    """An ``apply`` that keeps what it accepted, with when. It refuses, as the sidecar would, a config
+    with an endpoint on port 6666, a listener on port 6666 ("cannot bind") or a route to ``bad``."""
 
     def __init__(self) -> None:
         self.applied: list[Resources] = []
@@ -31,6 +33,12 @@ class Recorder:
                 for lb in locality.lb_endpoints:
                     if lb.endpoint.address.socket_address.port_value == 6666:
                         raise ConfigRejected(f"{cla.cluster_name}: port 6666 is reserved")
+        for listener in resources.get(LISTENER, {}).values():
+            if listener.address.socket_address.port_value == 6666:
+                raise ConfigRejected(f"{listener.name}: cannot bind a listener: address in use")
+        for config in resources.get(ROUTE, {}).values():
+            if "bad" in (d for vh in config.virtual_hosts for d in vh.domains):
+                raise ConfigRejected(f"{config.name}: virtual_hosts[0].domains: 'bad' is refused")
         self.applied.append(resources)
         self.times.append(time.monotonic())
 
@@ -244,3 +252,122 @@ async def test_fifty_clients_each_get_their_own_config(serve: Serve, connect: Co
     for i, configs in applied.items():
         assert shape(configs[-1])[CLUSTER] == [f"c-s{i}"]
     assert len(server.connections()) == 50
+
+
+@VARIANTS
+async def test_a_rejected_route_does_not_hold_back_endpoint_updates(
+    serve: Serve, connect: Connect, variant: str
+) -> None:
+    """Each response is accepted or rejected on its own: while a RouteConfiguration stays rejected, a
+    later change of endpoints is applied (over the routes last accepted)."""
+    source = FakeSource(mesh({"a": [9001]}))
+    server, port = await serve(source)
+    recorder = Recorder()
+    client = await connect(port, recorder, delta=variant == "delta")
+    await eventually(lambda: recorder.applied)
+
+    bad = mesh({"a": [9001]})
+    bad[ROUTE]["r-a"] = route_config("r-a", "c-a", domains=["bad"])
+    source.set(bad)
+    await eventually(lambda: server.stats.nacks[ROUTE] == 1)
+    nack = client.state.last_nack
+    assert nack is not None and nack.type_url == ROUTE and "'bad' is refused" in nack.message
+
+    moved = mesh({"a": [9011, 9012]})
+    moved[ROUTE]["r-a"] = bad[ROUTE]["r-a"]
+    source.set(moved)
+    await eventually(lambda: len(recorder.applied) == 2)
+    assert ports(recorder.last, "c-a") == [9011, 9012]
+    assert list(recorder.last[ROUTE]["r-a"].virtual_hosts[0].domains) == ["*"], "the accepted route stays"
+    await eventually(
+        lambda: server.connections()[0].types[ENDPOINT].acked_version == client.state.acked_versions[ENDPOINT]
+    )
+    assert server.stats.nacks[ROUTE] == 1 and server.stats.nacks[ENDPOINT] == 0
+
+
+@VARIANTS
+async def test_a_listener_that_cannot_bind_does_not_hold_back_the_rest(
+    serve: Serve, connect: Connect, variant: str
+) -> None:
+    """A new service whose listener cannot bind: its listener is NACKed, its cluster and endpoints are
+    applied; then an endpoint change of another cluster is applied too."""
+    source = FakeSource(mesh({"a": [9001]}))
+    server, port = await serve(source)
+    recorder = Recorder()
+    client = await connect(port, recorder, delta=variant == "delta")
+    await eventually(lambda: recorder.applied)
+
+    unbindable = mesh({"a": [9001], "b": [9002]})
+    unbindable[LISTENER]["l-b"] = sidecar_listener("l-b", "r-b", 6666)
+    source.set(unbindable)
+    await eventually(lambda: server.stats.nacks[LISTENER] == 1)
+    nack = client.state.last_nack
+    assert nack is not None and nack.type_url == LISTENER and "cannot bind" in nack.message
+    await eventually(lambda: shape(client.state.applied)[CLUSTER] == ["c-a", "c-b"])
+    assert shape(client.state.applied)[LISTENER] == ["l-a"]
+
+    moved = mesh({"a": [9011], "b": [9002]})
+    moved[LISTENER]["l-b"] = unbindable[LISTENER]["l-b"]
+    source.set(moved)
+    await eventually(lambda: ports(client.state.applied, "c-a") == [9011])
+    assert shape(client.state.applied) == {
+        LISTENER: ["l-a"],
+        ROUTE: ["r-a"],
+        CLUSTER: ["c-a", "c-b"],
+        ENDPOINT: ["c-a", "c-b"],
+    }
+    assert server.stats.nacks[LISTENER] == 1 and server.stats.nacks[ENDPOINT] == 0
+
+
+@VARIANTS
+async def test_a_new_cluster_and_changed_endpoints_arrive_together_quickly(
+    serve: Serve, connect: Connect, variant: str
+) -> None:
+    """One push adds a cluster and changes another's endpoints: the client's new EDS subscription
+    crosses the server's EDS response, and still the whole change is applied at once, well under the
+    1 s "does not exist" wait."""
+    source = FakeSource(mesh({"a": [9001]}))
+    _, port = await serve(source)
+    recorder = Recorder()
+    await connect(port, recorder, delta=variant == "delta", consistency_timeout=1.0)
+    await eventually(lambda: recorder.applied)
+
+    began = time.monotonic()
+    source.set(mesh({"a": [9011], "b": [9002]}))
+    await eventually(lambda: shape(recorder.last)[ENDPOINT] == ["c-a", "c-b"], timeout=3)
+    assert recorder.times[-1] - began < 0.6
+    assert ports(recorder.last, "c-a") == [9011] and ports(recorder.last, "c-b") == [9002]
+    assert all(shape(r)[CLUSTER] == shape(r)[ENDPOINT] for r in recorder.applied), (
+        "a cluster without endpoints"
+    )
+
+
+async def test_a_malformed_response_makes_the_client_reconnect() -> None:
+    """A response that does not decode ends the stream like any failure: the client reconnects rather
+    than waiting forever on a dead reader."""
+    streams = 0
+
+    async def garbage(
+        requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[bytes, bytes]
+    ) -> AsyncIterator[bytes]:
+        nonlocal streams
+        streams += 1
+        yield b"\xff\xff\xff\xff"
+        async for _ in requests:
+            pass
+
+    server = grpc.aio.server()
+    handler = grpc.method_handlers_generic_handler(
+        "envoy.service.discovery.v3.AggregatedDiscoveryService",
+        {"DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(garbage)},
+    )
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    client = XdsClient(f"127.0.0.1:{port}", node(SIDECAR), Recorder(), backoff_start=0.01, backoff_cap=0.05)
+    await client.start()
+    try:
+        await eventually(lambda: streams >= 3, timeout=5)
+    finally:
+        await client.stop()
+        await server.stop(0)

@@ -6,21 +6,27 @@ objects applied through the API, how fast a change reaches it, and its NACK show
 
 from __future__ import annotations
 
+import asyncio
 import time
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 from envoy.config.route.v3 import route_pb2
 
 from innermesh.api.scheme import REGISTRY
 from innermesh.client.http import HttpClient
+from innermesh.client.local import LocalClient
 from innermesh.server import ControlPlane
-from innermesh.xds.types import ROUTE
+from innermesh.xds.nackstatus import NackStatus
+from innermesh.xds.server import ConnectionStatus
+from innermesh.xds.streams import TypeStatus
+from innermesh.xds.types import LISTENER, ROUTE, ProxyInfo
 from support.eventually import eventually
 from support.xds import RawAds, node
 
 NS = "default"
 HTTPROUTE = REGISTRY.by_gvk("gateway.networking.k8s.io/v1", "HTTPRoute")
+GRPCROUTE = REGISTRY.by_gvk("gateway.networking.k8s.io/v1", "GRPCRoute")
 SERVICE = REGISTRY.by_gvk("v1", "Service")
 WORKLOAD = REGISTRY.by_gvk("mesh.innermesh.io/v1alpha1", "Workload")
 
@@ -170,3 +176,152 @@ async def test_a_nack_shows_on_the_route_and_clears_once_accepted(
         assert types == {"Accepted", "ResolvedRefs", "innermesh.io/DataPlaneAccepted"}
     finally:
         await ads.close()
+
+
+async def test_status_writes_do_not_push_but_spec_changes_do(
+    control_plane: ControlPlane, api: HttpClient
+) -> None:
+    """A route's status (the route status controller's, or a data plane's NACK shown there) is not
+    something the translator reads: writing it pushes nothing. A spec change pushes."""
+    await setup(api)
+    await api.create(HTTPROUTE, NS, route("web", "/api"))
+    xds = control_plane.xds
+    assert xds is not None
+
+    async def route_status_written() -> bool:
+        return bool(((await api.get(HTTPROUTE, NS, "web")).get("status") or {}).get("parents"))
+
+    await eventually(route_status_written)
+    await asyncio.sleep(0.7)  # the last debounced push of the setup has gone out
+    pushes = xds.stats.pushes
+
+    obj = await api.get(HTTPROUTE, NS, "web")
+    obj["status"]["parents"][0]["conditions"].append(
+        {
+            "type": "innermesh.io/Test",
+            "status": "True",
+            "reason": "Test",
+            "message": "a status-only write",
+            "lastTransitionTime": "2026-01-02T15:04:05Z",
+        }
+    )
+    await api.update(HTTPROUTE, NS, "web", obj, subresource="status")
+    await asyncio.sleep(0.7)
+    assert xds.stats.pushes == pushes
+
+    obj = await api.get(HTTPROUTE, NS, "web")
+    obj["spec"]["rules"][0]["matches"][0]["path"]["value"] = "/v2"
+    await api.update(HTTPROUTE, NS, "web", obj)
+    await eventually(lambda: xds.stats.pushes == pushes + 1)
+
+
+async def test_identical_proxies_share_one_translation_per_state(
+    control_plane: ControlPlane, api: HttpClient
+) -> None:
+    """Two proxies that differ only in node id get the very same translation; a change of state makes
+    a new one."""
+    await setup(api)
+    source = control_plane.mesh
+    assert source is not None
+    one = ProxyInfo(node_id="grpc-1", kind="proxyless", namespace=NS)
+    two = ProxyInfo(node_id="grpc-2", kind="proxyless", namespace=NS)
+    names = frozenset({"web.default:80"})
+    first = source.generate(one, names)
+    assert first[LISTENER], "the listener the client asked for"
+    assert source.generate(two, names) is first
+    assert source.generate(two, None) is not first
+    assert (
+        source.generate(ProxyInfo(node_id="grpc-3", kind="proxyless", namespace="other"), names) is not first
+    )
+
+    await api.create(HTTPROUTE, NS, route("web", "/api"))
+    await eventually(lambda: source.generate(two, names) is not first)
+
+
+# --- NACKs shown on routes: a flood from one node is rate-limited ---------------------------------
+
+
+CLIENT = ProxyInfo(node_id="sidecar~default~client", kind="sidecar", namespace=NS, workload="client")
+OTHER = ProxyInfo(node_id="sidecar~default~other", kind="sidecar", namespace=NS, workload="client")
+
+
+class CountingClient(LocalClient):
+    """The in-process client, counting status writes."""
+
+    status_writes = 0
+
+    async def update(self, *args: Any, subresource: Literal["", "status", "finalize"] = "", **kw: Any) -> Any:
+        if subresource == "status":
+            self.status_writes += 1
+        return await super().update(*args, subresource=subresource, **kw)
+
+
+class Clock:
+    now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def still_rejecting(*node_ids: str) -> list[ConnectionStatus]:
+    """Streams whose last RouteConfiguration is not acknowledged (they keep their routes flagged)."""
+    pending = {ROUTE: TypeStatus(("outbound",), sent_version="v2", acked_version="v1")}
+    return [ConnectionStatus(n, "sidecar", "delta", "peer", 0.0, pending, None) for n in node_ids]
+
+
+async def message(api: HttpClient) -> str:
+    cond = data_plane_condition(await api.get(HTTPROUTE, NS, "web"))
+    assert cond is not None
+    return str(cond["message"])
+
+
+async def test_a_flood_of_nacks_from_one_node_is_one_status_write_per_window(
+    control_plane: ControlPlane, api: HttpClient
+) -> None:
+    """Twenty NACKs with fresh reasons from one node: the first is written at once, the rest are
+    coalesced into one write of the latest once the node's window has passed; another node is not
+    held back by the first."""
+    await setup(api)
+    await api.create(HTTPROUTE, NS, route("web", "/api"))
+
+    async def status_written() -> bool:
+        return bool(((await api.get(HTTPROUTE, NS, "web")).get("status") or {}).get("parents"))
+
+    await eventually(status_written)
+    assert control_plane.resources is not None and control_plane.mesh is not None
+    client = CountingClient(control_plane.resources)
+    clock = Clock()
+    kinds = {
+        "HTTPRoute": HTTPROUTE,
+        "GRPCRoute": REGISTRY.by_gvk("gateway.networking.k8s.io/v1", "GRPCRoute"),
+    }
+    nacks = NackStatus(
+        client,
+        control_plane.mesh,
+        kinds,
+        lambda: still_rejecting(CLIENT.node_id, OTHER.node_id),
+        interval=0.02,
+        per_node_interval=3.0,
+        clock=clock,
+    )
+    for i in range(20):
+        await nacks.on_nack(CLIENT, ROUTE, ["outbound"], f"virtual_hosts[0].routes[0]: forged {i}")
+    assert client.status_writes == 1
+    assert (await message(api)).endswith("forged 0")
+
+    runner = asyncio.create_task(nacks.run())
+    try:
+        await asyncio.sleep(0.2)
+        assert client.status_writes == 1, "the node's window has not passed"
+        clock.now += 3.0
+        await eventually(lambda: client.status_writes == 2)
+        assert (await message(api)).endswith("forged 19")
+        await asyncio.sleep(0.2)
+        assert client.status_writes == 2
+
+        await nacks.on_nack(OTHER, ROUTE, ["outbound"], "virtual_hosts[0].routes[0]: another node")
+        assert client.status_writes == 3
+        assert (await message(api)).startswith(f"{OTHER.node_id} rejected it")
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)

@@ -10,9 +10,12 @@ from typing import Any
 
 import grpc
 import pytest
+from envoy.service.discovery.v3 import discovery_pb2
 
-from innermesh.xds.server import XdsServer
-from innermesh.xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, ProxyInfo
+from innermesh.xds import metrics
+from innermesh.xds.server import MAX_REQUEST_BYTES, XdsServer
+from innermesh.xds.streams import MAX_NAMES_PER_TYPE
+from innermesh.xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, ProxyInfo, Resources
 from innermesh.xds.versions import content_version, set_version
 from support.eventually import eventually
 from support.xds import (
@@ -181,8 +184,9 @@ async def test_sotw_nack_is_recorded_reported_once_and_not_resent(
     assert fixed.type_url == ENDPOINT and fixed.version_info != bad.version_info
 
 
-async def test_sotw_stale_nonce_is_ignored(start: Start, open_ads: Open) -> None:
-    """A request answering an older response is dropped whole, subscription change included."""
+async def test_sotw_stale_nonce_is_no_ack_but_its_subscription_counts(start: Start, open_ads: Open) -> None:
+    """A request answering an older response neither ACKs nor NACKs anything, but it is the client's
+    latest word on what it wants: its new names are served (xDS: new requests supersede older ones)."""
     source = FakeSource(mesh({"a": [9001], "b": [9002]}))
     server, port = await start(source)
     ads = await open_ads(port)
@@ -199,10 +203,15 @@ async def test_sotw_stale_nonce_is_ignored(start: Start, open_ads: Open) -> None
         resource_names=["c-a", "c-b"],
         version_info=old.version_info,
         response_nonce=old.nonce,
+        error_detail={"code": 3, "message": "stale"},
     )
-    await ads.nothing()
+    both = await ads.recv()
+    assert names(both) == ["c-a", "c-b"]
     assert server.stats.stale_requests == 1
-    assert server.connections()[0].types[ENDPOINT].subscription == ("c-a",)
+    [conn] = server.connections()
+    assert conn.types[ENDPOINT].subscription == ("c-a", "c-b")
+    assert conn.types[ENDPOINT].acked_version == old.version_info, "the stale request is no ACK"
+    assert conn.last_nack is None and server.stats.nacks[ENDPOINT] == 0, "nor a NACK"
 
     await ads.send(
         type_url=ENDPOINT,
@@ -210,8 +219,8 @@ async def test_sotw_stale_nonce_is_ignored(start: Start, open_ads: Open) -> None
         version_info=new.version_info,
         response_nonce=new.nonce,
     )
-    both = await ads.recv()
-    assert names(both) == ["c-a", "c-b"]
+    await ads.nothing()
+    assert server.stats.stale_requests == 2
 
 
 async def test_sotw_named_subscription_to_missing_listener(start: Start, open_ads: Open) -> None:
@@ -419,6 +428,141 @@ async def test_protocol_errors_end_the_stream(start: Start, open_ads: Open) -> N
             await ads.recv()
         assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert expected in str(failure.value.details())
+
+
+@pytest.mark.parametrize("variant", ["sotw", "delta"])
+async def test_type_urls_outside_the_five_end_the_stream(
+    start: Start, open_ads: Open, variant: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A type this server does not serve is a protocol error, not state kept per stream (and metric
+    series) for whatever a client names."""
+    server, port = await start(FakeSource(mesh({"a": [9001]})))
+    ads = await open_ads(port, variant)
+    await ads.send(node=node(SIDECAR), type_url=CLUSTER)
+    await ads.recv()
+    await ads.send(type_url="type.googleapis.com/x.Y")
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await ads.recv()
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "type_url: 'type.googleapis.com/x.Y' is not served" in str(failure.value.details())
+    await eventually(lambda: server.connections() == [])
+    assert set(server.stats.responses) == {CLUSTER}
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+@pytest.mark.parametrize("variant", ["sotw", "delta"])
+async def test_too_many_names_end_the_stream(start: Start, open_ads: Open, variant: str) -> None:
+    """A stream may subscribe to at most MAX_NAMES_PER_TYPE names of one type."""
+    _, port = await start(FakeSource(mesh({"a": [9001]})))
+    ads = await open_ads(port, variant)
+    many = [f"c-{i}" for i in range(MAX_NAMES_PER_TYPE + 1)]
+    if variant == "sotw":
+        await ads.send(node=node(SIDECAR), type_url=ENDPOINT, resource_names=many)
+    else:
+        await ads.send(node=node(SIDECAR), type_url=ENDPOINT, resource_names_subscribe=many[:-1])
+        await ads.recv()
+        await ads.send(type_url=ENDPOINT, resource_names_subscribe=many[-1:])
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await ads.recv(wait=10)
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"at most {MAX_NAMES_PER_TYPE}" in str(failure.value.details())
+
+
+async def test_an_oversized_request_is_refused(start: Start, open_ads: Open) -> None:
+    """Requests are bounded in bytes too (MAX_REQUEST_BYTES), before anything parses them."""
+    server, port = await start(FakeSource(mesh({"a": [9001]})))
+    ads = await open_ads(port)
+    await ads.send(node=node(SIDECAR), type_url=ENDPOINT, resource_names=["x" * MAX_REQUEST_BYTES])
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await ads.recv()
+    assert failure.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    await eventually(lambda: server.connections() == [])
+
+
+async def test_a_request_that_does_not_decode_ends_the_stream_and_is_forgotten(start: Start) -> None:
+    """Malformed request bytes end that stream with INVALID_ARGUMENT; the stream leaves connections()
+    and is not regenerated on later pushes."""
+    source = FakeSource(mesh({"a": [9001]}))
+    server, port = await start(source)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.stream_stream(
+            "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources",
+            request_serializer=lambda b: b,
+            response_deserializer=lambda b: b,
+        )()
+        good = discovery_pb2.DiscoveryRequest(node=node(SIDECAR), type_url=CLUSTER)
+        await call.write(good.SerializeToString())
+        await call.read()
+        await call.write(b"\xff\xff\xff")
+        with pytest.raises(grpc.aio.AioRpcError) as failure:
+            await call.read()
+        assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "request: cannot decode" in str(failure.value.details())
+    await eventually(lambda: server.stats.streams_closed == 1)
+    assert server.connections() == []
+    calls = source.calls[SIDECAR]
+    source.changed()
+    await asyncio.sleep(0.3)
+    assert source.calls[SIDECAR] == calls
+
+
+async def test_metric_labels_come_from_our_own_names(start: Start, open_ads: Open) -> None:
+    """However a client names types, /metrics shows only the served types' names (escaped as the text
+    format requires), so clients cannot add series or lines."""
+    server, port = await start(FakeSource(mesh({"a": [9001]})))
+    ads = await open_ads(port)
+    await ads.send(node=node(SIDECAR), type_url=CLUSTER)
+    cds = await ads.recv()
+    await ads.send(type_url=CLUSTER, response_nonce=cds.nonce, version_info=cds.version_info)
+    evil = 'type.googleapis.com/x.Z"} 1\ninnermesh_xds_connected_proxies{kind="sidecar'
+    await ads.send(type_url=evil)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await ads.recv()
+    await eventually(lambda: server.connections() == [])
+    server.stats.nacks[evil] += 1  # as if a stream had been allowed to count it
+
+    text = metrics.render(server.stats, server.connections())
+    lines = text.splitlines()
+    assert 'innermesh_xds_acks_total{type="Cluster"} 1' in lines
+    assert 'innermesh_xds_nacks_total{type="other"} 1' in lines
+    assert 'innermesh_xds_connected_proxies{kind="sidecar"} 0' in lines
+    assert "x.Z" not in text
+    assert metrics.label_value('a"b\\c\nd') == 'a\\"b\\\\c\\nd'
+
+
+class FailingSource(FakeSource):
+    """Fails the first ``failures`` generations, as a translator bug would."""
+
+    def __init__(self, default: Resources, failures: int) -> None:
+        super().__init__(default)
+        self.failures = failures
+
+    def generate(self, proxy: ProxyInfo, listener_names: frozenset[str] | None) -> Resources:
+        if self.failures > 0:
+            self.failures -= 1
+            raise RuntimeError("translator bug")
+        return super().generate(proxy, listener_names)
+
+
+async def test_a_failed_generation_is_retried_without_waiting_for_a_push(
+    start: Start, open_ads: Open, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Translation raising is logged, counted, and retried with backoff (requests meanwhile do not
+    hurry it); the stream then gets its configuration although nothing changed."""
+    source = FailingSource(mesh({"a": [9001]}), failures=3)
+    server, port = await start(source)
+    ads = await open_ads(port)
+    began = time.monotonic()
+    await ads.send(node=node(SIDECAR), type_url=CLUSTER)
+    for i in range(5):
+        await ads.send(type_url=LISTENER, resource_names=[f"l-{i}"])
+    response = await ads.recv(wait=5)
+    assert names(response) == ["c-a"]
+    assert 0.1 + 0.2 + 0.4 <= time.monotonic() - began < 3
+    assert server.stats.generate_errors == 3 and server.stats.pushes == 0
+    assert [r.levelno for r in caplog.records if "generating configuration" in r.getMessage()] == [
+        logging.ERROR
+    ] * 3
 
 
 async def test_streams_are_forgotten_and_stop_closes_them(start: Start, open_ads: Open) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from collections import Counter
 
 import pytest
@@ -269,6 +270,36 @@ def test_exclude_of_everything_still_picks() -> None:
     c = cluster("round_robin", eps)
     everything = frozenset((e.host, e.port) for e in eps)
     assert c.pick(PickContext(exclude=everything)) in eps
+
+
+@pytest.mark.parametrize("policy", ["round_robin", "least_request", "random", "ring_hash", "maglev"])
+def test_a_retry_after_every_endpoint_was_tried_is_quick(policy: LbPolicy) -> None:
+    """Every endpoint of every level tried: the pick falls back to a tried one at once, without
+    walking a Maglev table (65,537 slots), a ring or a long round-robin cycle looking for another
+    (the reviewer measured 6.5 ms per pick). 300 picks in well under 100 ms even on a loaded box."""
+    eps = tuple(EndpointState(f"10.0.0.{i}", 80, weight=1 + i * 8000) for i in range(2))
+    eps += (EndpointState("10.0.1.1", 80, priority=1),)
+    c = cluster(policy, eps)
+    everything = frozenset((e.host, e.port) for e in eps)
+    start = time.perf_counter()
+    picks = [c.pick(PickContext(hash=h, exclude=everything)) for h in KEYS[:300]]
+    elapsed = time.perf_counter() - start
+    assert all(p in eps for p in picks)
+    assert elapsed < 0.1, f"{elapsed * 1000:.1f} ms for 300 picks"
+
+
+@pytest.mark.parametrize("policy", ["ring_hash", "maglev"])
+def test_a_retry_with_one_endpoint_left_finds_it_quickly(policy: LbPolicy) -> None:
+    """All but a light endpoint tried: the retry gets the untried one, in bounded time even when it
+    owns a sliver of the ring or table."""
+    eps = (*endpoints(5, weight=1000), EndpointState("light", 1, weight=1))
+    c = cluster(policy, eps)
+    tried = frozenset((e.host, e.port) for e in eps[:5])
+    start = time.perf_counter()
+    picks = {c.pick(PickContext(hash=h, exclude=tried)) for h in KEYS[:300]}
+    elapsed = time.perf_counter() - start
+    assert picks == {eps[5]}
+    assert elapsed < 0.1, f"{elapsed * 1000:.1f} ms for 300 picks"
 
 
 def test_ring_hash_retry_stays_consistent() -> None:

@@ -447,7 +447,8 @@ def test_picks_stay_in_the_local_zone_while_it_is_healthy(plan: Plan) -> None:
 
 
 def test_endpoint_state_survives_a_plan_swap() -> None:
-    """Same cluster, same address: the same EndpointState object, with its in-flight count."""
+    """Same cluster, same address: the new plan's endpoint shares the in-flight count of the old one
+    (whatever else changed about it), so requests that started on the old plan end on the same count."""
     res = resources()
     first = compile_plan(res, None, version="1")
     kept = next(e for e in first.clusters[SVC].endpoints if e.host == "10.1.0.7")
@@ -455,10 +456,37 @@ def test_endpoint_state_survives_a_plan_swap() -> None:
     res[ENDPOINT][SVC] = assignment(SVC, ("zone-a", 0, [("10.1.0.7", 5, 1), ("10.1.0.50", 1, 1)]))
     second = compile_plan(res, first, version="2")
     after = {e.host: e for e in second.clusters[SVC].endpoints}
-    assert after["10.1.0.7"] is kept
-    assert (kept.active, kept.weight) == (4, 5)
+    assert (after["10.1.0.7"].active, after["10.1.0.7"].weight) == (4, 5)
+    after["10.1.0.7"].active -= 1  # a request begun on the first plan ends
+    kept.active += 2  # two begin on the first plan's objects (connections that kept it)
+    assert after["10.1.0.7"].active == kept.active == 5
     assert after["10.1.0.50"].active == 0
     assert set(after) == {"10.1.0.7", "10.1.0.50"}
+
+
+def test_a_plan_that_is_never_installed_changes_nothing_in_the_running_one() -> None:
+    """A plan compiled and then not installed (the runtime may refuse it, e.g. a listener that cannot
+    bind) leaves every endpoint of the running plan as it was, and the running least-request and
+    round-robin pickers keep the weights they were built with."""
+    res = resources()
+    res[CLUSTER][SVC].lb_policy = cluster_pb2.Cluster.LEAST_REQUEST
+    first = compile_plan(res, None, version="1")
+    running = first.clusters[SVC]
+
+    def seen() -> list[tuple[str, str, int, int, bool]]:
+        return [(e.host, e.zone, e.priority, e.weight, e.healthy) for e in running.endpoints]
+
+    before = seen()
+    res[ENDPOINT][SVC] = assignment(
+        SVC, ("zone-b", 1, [("10.1.0.7", 9, 2), ("10.1.0.8", 1, 2), ("10.1.0.9", 3, 1)])
+    )
+    compile_plan(res, first, version="2")
+    assert seen() == before
+    light = next(e for e in running.endpoints if e.host == "10.1.0.7")
+    heavy = next(e for e in running.endpoints if e.host == "10.1.0.8")
+    light.active, heavy.active = 1, 1  # per unit of weight the weight-2 endpoint is less loaded
+    picks = [running.pick(PickContext()) for _ in range(400)]
+    assert sum(1 for p in picks if p is heavy) > sum(1 for p in picks if p is light)
 
 
 def test_unchanged_clusters_and_virtual_hosts_are_reused() -> None:
@@ -471,6 +499,30 @@ def test_unchanged_clusters_and_virtual_hosts_are_reused() -> None:
     assert second.clusters[SVC] is not first.clusters[SVC]
     assert second.route_tables["outbound"].virtual_hosts[0] is first.route_tables["outbound"].virtual_hosts[0]
     assert isinstance(second.clusters[SVC], BalancedCluster)
+
+
+@pytest.mark.parametrize("policy", [cluster_pb2.Cluster.MAGLEV, cluster_pb2.Cluster.RING_HASH])
+def test_a_change_in_another_zone_keeps_the_local_table(policy: int) -> None:
+    """Maglev and ring hash: an endpoint of the other zone going down, or a not-ready endpoint
+    joining the local zone, rebuilds no table whose endpoints did not change (a Maglev table is
+    65,537 slots to fill); a change among the local zone's healthy endpoints rebuilds its table."""
+    res = resources()
+    res[CLUSTER][SVC].lb_policy = policy
+    first = compile_plan(res, None, version="1")
+    local = ("zone-a", 0, [("10.1.0.7", 1, 1), ("10.1.0.8", 2, 0), ("10.1.0.9", 1, 2), ("10.1.0.10", 1, 2)])
+    res[ENDPOINT][SVC] = assignment(SVC, local, ("zone-b", 1, [("10.2.0.7", 1, 2), ("10.2.0.8", 1, 1)]))
+    second = compile_plan(res, first, version="2")
+    one, two = first.clusters[SVC], second.clusters[SVC]
+    assert isinstance(one, BalancedCluster)
+    assert isinstance(two, BalancedCluster)
+    assert two is not one
+    assert two.levels[0].picker is one.levels[0].picker
+    assert two.levels[1].picker is not one.levels[1].picker
+    assert all(two.pick(PickContext(hash=h)) in two.endpoints for h in range(0, 2**64, 2**58))
+    res[ENDPOINT][SVC] = assignment(SVC, ("zone-a", 0, [("10.1.0.7", 3, 1), ("10.1.0.8", 2, 0)]))
+    three = compile_plan(res, second, version="3").clusters[SVC]
+    assert isinstance(three, BalancedCluster)
+    assert three.levels[0].picker is not two.levels[0].picker
 
 
 def test_a_rejected_update_leaves_the_previous_plan_alone() -> None:

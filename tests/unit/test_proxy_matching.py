@@ -171,10 +171,18 @@ def test_every_condition_must_hold() -> None:
 
 
 def test_grpc_condition_needs_grpc_content_type() -> None:
-    """RouteMatch.grpc: only requests whose content-type is application/grpc*."""
+    """RouteMatch.grpc: only requests whose content-type is application/grpc, alone or followed by
+    "+" (Envoy's test); gRPC-Web and lookalikes are not gRPC."""
     m = AnyPath(Conditions(grpc=True))
-    assert m.matches(head(headers=((b"content-type", b"application/grpc+proto"),)))
-    assert not m.matches(head(headers=((b"content-type", b"application/json"),)))
+    for ct in (b"application/grpc", b"application/grpc+proto", b"application/grpc+json"):
+        assert m.matches(head(headers=((b"content-type", ct),))), ct
+    for ct in (
+        b"application/json",
+        b"application/grpc-web",
+        b"application/grpc-web+proto",
+        b"application/grpcx",
+    ):
+        assert not m.matches(head(headers=((b"content-type", ct),))), ct
     assert not m.matches(head())
 
 

@@ -314,19 +314,17 @@ def resolved_condition(route: HTTPRoute | GRPCRoute, world: StaticWorld) -> tupl
 
 
 @pytest.mark.parametrize("kind", ["HTTPRoute", "GRPCRoute"])
-@pytest.mark.parametrize("on_backend", [False, True], ids=["rule-filter", "backend-filter"])
-def test_existing_fault_injection_resolves(kind: str, on_backend: bool) -> None:
+def test_existing_fault_injection_resolves(kind: str) -> None:
     """A FaultInjection filter naming one that exists in the route's namespace resolves."""
-    route = route_with_filter(FAULT_REF, on_backend=on_backend, kind=kind)
+    route = route_with_filter(FAULT_REF, kind=kind)
     world = StaticWorld(services=[service()], fault_injections=[fault_injection()])
     assert resolved_condition(route, world) == ("True", "ResolvedRefs", "all references resolved")
 
 
 @pytest.mark.parametrize("kind", ["HTTPRoute", "GRPCRoute"])
-@pytest.mark.parametrize("on_backend", [False, True], ids=["rule-filter", "backend-filter"])
-def test_missing_fault_injection_is_backend_not_found(kind: str, on_backend: bool) -> None:
+def test_missing_fault_injection_is_backend_not_found(kind: str) -> None:
     """A FaultInjection that does not exist (or exists only in another namespace): BackendNotFound."""
-    route = route_with_filter(FAULT_REF, on_backend=on_backend, kind=kind)
+    route = route_with_filter(FAULT_REF, kind=kind)
     elsewhere = StaticWorld(services=[service()], fault_injections=[fault_injection(namespace="other")])
     assert resolved_condition(route, elsewhere) == (
         "False",
@@ -335,6 +333,19 @@ def test_missing_fault_injection_is_backend_not_found(kind: str, on_backend: boo
     )
     other_name = StaticWorld(services=[service()], fault_injections=[fault_injection("steady")])
     assert resolved_condition(route, other_name)[:2] == ("False", "BackendNotFound")
+
+
+@pytest.mark.parametrize("kind", ["HTTPRoute", "GRPCRoute"])
+def test_a_fault_injection_on_a_backend_ref_is_an_unsupported_filter(kind: str) -> None:
+    """On a backendRef only the header modifiers are implemented: a FaultInjection there, existing or
+    not, makes the rule one the mesh cannot implement (the data plane answers it with 500), and a
+    route of that one rule is not accepted."""
+    route = route_with_filter(FAULT_REF, on_backend=True, kind=kind)
+    world = StaticWorld(services=[service()], fault_injections=[fault_injection()])
+    assert conditions(route_status(route, world, now=T0).parents) == {
+        "Accepted": ("False", "IncompatibleFilters"),
+        "ResolvedRefs": ("True", "ResolvedRefs"),
+    }
 
 
 @pytest.mark.parametrize(
@@ -380,8 +391,8 @@ def test_backend_problems_come_before_filter_problems() -> None:
     assert message.endswith('; filter extensionRef FaultInjection "shop/gone" does not exist')
 
 
-def test_extension_refs_lists_rule_then_backend_filters() -> None:
-    """extension_refs walks rule filters, then each backendRef's filters, rule by rule."""
+def test_extension_refs_lists_the_rules_filters() -> None:
+    """extension_refs walks the rule filters, rule by rule (one on a backendRef is not supported)."""
     route = HTTPRoute.model_validate(
         {
             "metadata": {"name": "r", "namespace": NS},
@@ -407,7 +418,172 @@ def test_extension_refs_lists_rule_then_backend_filters() -> None:
             },
         }
     )
-    assert [r.name for r in extension_refs(route)] == ["a", "b", "c"]
+    assert [r.name for r in extension_refs(route)] == ["a", "c"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Rules the mesh cannot implement (finding 6): status says what the data plane does
+
+CORS = {"type": "CORS", "cors": {"allowOrigins": ["https://example.com"]}}
+REWRITE = {"type": "URLRewrite", "urlRewrite": {"hostname": "api.internal"}}
+
+
+def route_of_rules(*rules: dict[str, Any], generation: int = 1) -> HTTPRoute:
+    return HTTPRoute.model_validate(
+        {
+            "metadata": {"name": "r", "namespace": NS, "generation": generation},
+            "spec": {"parentRefs": [SVC_PARENT], "rules": list(rules)},
+        }
+    )
+
+
+GOOD_RULE: dict[str, Any] = {"backendRefs": [{"name": "web", "port": 80}]}
+
+
+def parent_conditions(route: HTTPRoute | GRPCRoute, world: StaticWorld) -> dict[str, tuple[str, str, str]]:
+    (entry,) = route_status(route, world, now=T0).parents
+    return {c.type: (c.status, c.reason, c.message) for c in entry.conditions}
+
+
+def test_a_backend_filter_the_mesh_lacks_is_not_accepted() -> None:
+    """The reviewer's reproduction: a URLRewrite on the only backendRef. The data plane answers 500,
+    so the route is not Accepted (IncompatibleFilters), where it used to say Accepted and resolved."""
+    route = route_of_rules({"backendRefs": [{"name": "web", "port": 80, "filters": [REWRITE]}]})
+    got = parent_conditions(route, StaticWorld(services=[service()]))
+    assert got["Accepted"] == (
+        "False",
+        "IncompatibleFilters",
+        (
+            "no rule can be implemented: rules[0].backendRefs[0].filters[0]: URLRewrite is not supported on a "
+            "backendRef (only RequestHeaderModifier and ResponseHeaderModifier)"
+        ),
+    )
+    assert "PartiallyInvalid" not in got
+
+
+def test_some_rules_the_mesh_lacks_make_the_route_partially_invalid() -> None:
+    """A CORS rule beside a good one: Accepted, and PartiallyInvalid names the rule left out, with
+    the message prefix upstream requires; fixing the rule removes the condition."""
+    world = StaticWorld(services=[service()])
+    route = route_of_rules(GOOD_RULE, {**GOOD_RULE, "filters": [CORS]})
+    got = parent_conditions(route, world)
+    assert got["Accepted"][:2] == ("True", "Accepted")
+    status, reason, message = got["PartiallyInvalid"]
+    assert (status, reason) == ("True", "UnsupportedValue")
+    assert message == (
+        "Dropped Rule 1: the requests matching it get 500 (rules[1].filters[0]: CORS is not supported)"
+    )
+    fixed = route_of_rules(GOOD_RULE, GOOD_RULE, generation=2).model_copy(
+        update={"status": route_status(route, world, now=T0)}
+    )
+    assert "PartiallyInvalid" not in parent_conditions(fixed, world)
+
+
+def test_a_weight_zero_backend_runs_no_filter() -> None:
+    """A backendRef that receives nothing makes no rule invalid, whatever its filters."""
+    route = route_of_rules(
+        {
+            "backendRefs": [
+                {"name": "web", "port": 80},
+                {"name": "web", "port": 80, "weight": 0, "filters": [REWRITE]},
+            ]
+        }
+    )
+    assert conditions(route_status(route, StaticWorld(services=[service()]), now=T0).parents) == {
+        "Accepted": ("True", "Accepted"),
+        "ResolvedRefs": ("True", "ResolvedRefs"),
+    }
+
+
+def test_a_backend_port_the_service_lacks_is_backend_not_found() -> None:
+    """The data plane has no cluster for a port the Service does not have, so ResolvedRefs says so."""
+    route = route_of_rules({"backendRefs": [{"name": "web", "port": 8080}]})
+    assert parent_conditions(route, StaticWorld(services=[service()]))["ResolvedRefs"] == (
+        "False",
+        "BackendNotFound",
+        'backendRef Service "shop/web" has no TCP port 8080',
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# HTTPRoute and GRPCRoute on one Service port (GEP-1426): GRPCRoute wins
+
+
+def grpc_route(
+    name: str = "g",
+    namespace: str = NS,
+    parent: dict[str, Any] | None = None,
+    rules: list[dict[str, Any]] | None = None,
+) -> GRPCRoute:
+    return GRPCRoute.model_validate(
+        {
+            "metadata": {"name": name, "namespace": namespace, "generation": 1},
+            "spec": {
+                "parentRefs": [parent or {**SVC_PARENT, "namespace": NS}],
+                "rules": rules if rules is not None else [{"backendRefs": [{"name": "web", "port": 80}]}],
+            },
+        }
+    )
+
+
+TWO_PORTS = [{"name": "http", "port": 80}, {"name": "grpc", "port": 9090}]
+
+
+def test_an_http_route_on_a_grpc_route_s_port_is_conflicted() -> None:
+    """Same Service port, same namespace: the HTTPRoute is Accepted=False/Conflicted, the GRPCRoute
+    is accepted as if the HTTPRoute were not there."""
+    grpc = grpc_route()
+    world = StaticWorld(services=[service()], grpc_routes=[grpc])
+    accepted = parent_conditions(http_route([{**SVC_PARENT, "port": 80}]), world)["Accepted"]
+    assert accepted[:2] == ("False", "Conflicted")
+    assert 'port 80 to GRPCRoute "shop/g"' in accepted[2]
+    assert conditions(route_status(grpc, world, now=T0).parents)["Accepted"] == ("True", "Accepted")
+
+
+def test_an_http_route_keeps_the_ports_no_grpc_route_takes() -> None:
+    """An HTTPRoute for every port of a two-port Service, a GRPCRoute for one: the HTTPRoute stays
+    accepted and its message names the port it lost."""
+    svc = service(ports=TWO_PORTS)
+    grpc = grpc_route(parent={**SVC_PARENT, "port": 9090})
+    world = StaticWorld(services=[svc], grpc_routes=[grpc])
+    status, reason, message = parent_conditions(http_route([SVC_PARENT]), world)["Accepted"]
+    assert (status, reason) == ("True", "Accepted")
+    assert message.endswith('not on the ports a GRPCRoute takes (port 9090 to GRPCRoute "shop/g")')
+
+
+@pytest.mark.parametrize(
+    "grpc",
+    [
+        grpc_route(namespace="consumer", parent={**SVC_PARENT, "namespace": NS}),
+        grpc_route(parent={**SVC_PARENT, "port": 9090}),
+        grpc_route(
+            rules=[
+                {
+                    "backendRefs": [
+                        {
+                            "name": "web",
+                            "port": 80,
+                            "filters": [
+                                {
+                                    "type": "RequestMirror",
+                                    "requestMirror": {"backendRef": {"name": "web", "port": 80}},
+                                }
+                            ],
+                        }
+                    ]
+                }
+            ]
+        ),
+        grpc_route(parent={**SVC_PARENT, "name": "other"}),
+    ],
+    ids=["another-namespace", "another-port", "not-accepted-itself", "another-service"],
+)
+def test_grpc_routes_that_do_not_take_the_port_leave_the_http_route_alone(grpc: GRPCRoute) -> None:
+    """A GRPCRoute of another namespace (a consumer route is that namespace's business), for another
+    port or Service, or one not accepted itself, takes nothing from the HTTPRoute."""
+    world = StaticWorld(services=[service(ports=TWO_PORTS), service("other")], grpc_routes=[grpc])
+    accepted = parent_conditions(http_route([{**SVC_PARENT, "port": 80}]), world)["Accepted"]
+    assert accepted == ("True", "Accepted", 'accepted for Service "shop/web"')
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import health_check_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -100,6 +101,13 @@ def _endpoint_problems(name: str, cla: Any) -> list[str]:
             (e.endpoint.address.socket_address.address, e.endpoint.address.socket_address.port_value)
             for e in loc.lb_endpoints
         ]
+        # gRPC skips UNHEALTHY and DRAINING endpoints, while the locality's weight (which splits its
+        # calls between localities) would still count them.
+        out += [
+            f"{name}: endpoint {e.endpoint.address.socket_address.address} is {health_check_pb2.HealthStatus.Name(e.health_status)}"
+            for e in loc.lb_endpoints
+            if e.health_status not in (health_check_pb2.UNKNOWN, health_check_pb2.HEALTHY)
+        ]
     if priorities and sorted(priorities) != list(range(len(priorities))):
         out.append(f"{name}: priorities {sorted(priorities)} have a gap")
     if len(addresses) != len(set(addresses)):
@@ -128,15 +136,17 @@ def test_the_proxyless_golden_is_acceptable_to_grpc() -> None:
 
 def test_the_checker_sees_what_grpc_would_reject() -> None:
     """The same rules flag the sidecar's output, which uses what gRPC does not accept (element-wise
-    prefixes, LEAST_REQUEST, num_retries 0) - so the check above can fail."""
+    prefixes, LEAST_REQUEST, num_retries 0, endpoints that are down) - so the check above can fail."""
     problems = " ".join(
         p
-        for case in ("match_precedence", "ring_hash", "timeouts_retry")
+        for case in ("match_precedence", "ring_hash", "timeouts_retry", "default_route")
         for p in grpc_problems(translate_case(case))
     )
     assert "path_separated_prefix is not supported" in problems
     assert "LEAST_REQUEST is not supported" in problems
     assert "num_retries 0" in problems
+    assert "endpoint 10.0.0.2 is UNHEALTHY" in problems
+    assert "endpoint 10.0.0.3 is DRAINING" in problems
 
 
 def test_listener_names_resolve_like_the_virtual_host_domains() -> None:
@@ -184,6 +194,12 @@ spec:
 
 
 LB_TYPES = ("RoundRobin", "LeastRequest", "Random", "RingHash", "Maglev")
+CONDITIONS: tuple[dict[str, bool], ...] = (
+    {},
+    {"ready": False},
+    {"ready": False, "serving": True, "terminating": True},
+    {"ready": False, "serving": False, "terminating": True},
+)
 
 
 @st.composite
@@ -198,6 +214,7 @@ def proxyless_mesh(draw: st.DrawFn) -> str:
             {
                 "addresses": [f"10.0.{len(docs)}.{i}"],
                 **({"zone": z} if (z := draw(st.sampled_from(zones))) else {}),
+                "conditions": draw(st.sampled_from(CONDITIONS)),
             }
             for i in range(1, draw(st.integers(0, 4)) + 1)
         ]
@@ -236,7 +253,8 @@ def proxyless_mesh(draw: st.DrawFn) -> str:
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(proxyless_mesh(), st.sampled_from(["z1", "z2", None]))
 def test_proxyless_output_is_always_acceptable_to_grpc(manifests: str, zone: str | None) -> None:
-    """Whatever the balancers, zones, weights, retries and prefixes, gRPC's rules hold."""
+    """Whatever the balancers, zones, endpoint readiness, weights, retries and prefixes, gRPC's rules
+    hold."""
     proxy = ProxyInfo(node_id="grpc", kind="proxyless", namespace="shop", zone=zone)
     resources = translate(mesh_state(manifests), proxy, frozenset({"a.shop:50051", "b.shop:50051"}))
     assert sorted(resources[LISTENER]) == ["a.shop:50051", "b.shop:50051"]

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
-from innermesh.xds.debounce import fire_at
-from innermesh.xds.streams import Ack, DeltaStream, Nack, SotwStream
-from innermesh.xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from innermesh.xds.debounce import Debouncer, fire_at
+from innermesh.xds.streams import MAX_NAMES_PER_TYPE, Ack, DeltaStream, Nack, ProtocolError, SotwStream
+from innermesh.xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
 from innermesh.xds.versions import EncodedResources, encode, set_version
 
 
@@ -193,3 +194,50 @@ def test_debounce_fires_after_quiet_but_never_later_than_the_cap() -> None:
     assert fire_at(first=10.0, last=10.0, quiet=0.1, max_delay=0.5) == 10.1
     assert fire_at(first=10.0, last=10.3, quiet=0.1, max_delay=0.5) == 10.4
     assert fire_at(first=10.0, last=10.45, quiet=0.1, max_delay=0.5) == 10.5
+
+
+def test_debouncer_refuses_delays_where_it_is_made() -> None:
+    """A cap below the quiet period (or a negative one) fails at construction, naming both."""
+    with pytest.raises(ValueError, match=r"quiet \(0.5\) <= max_delay \(0.1\)"):
+        Debouncer(lambda: None, quiet=0.5, max_delay=0.1)
+    with pytest.raises(ValueError, match="quiet"):
+        Debouncer(lambda: None, quiet=-1, max_delay=0.1)
+
+
+# --- what a stream may ask for ---------------------------------------------------------------------
+
+
+def test_both_machines_refuse_types_they_do_not_serve_and_too_many_names() -> None:
+    """Type URLs other than the five, and more than MAX_NAMES_PER_TYPE names, are protocol errors."""
+    other = "type.googleapis.com/envoy.service.runtime.v3.Runtime"
+    too_many = [f"n{i}" for i in range(MAX_NAMES_PER_TYPE + 1)]
+    with pytest.raises(ProtocolError, match=r"type_url: .*Runtime' is not served"):
+        SotwStream().receive(sotw_request(other, []))
+    with pytest.raises(ProtocolError, match=r"type_url: .*Runtime' is not served"):
+        DeltaStream().receive(delta_request(other))
+    with pytest.raises(ProtocolError, match=f"resource_names: {MAX_NAMES_PER_TYPE + 1} names"):
+        SotwStream().receive(sotw_request(ENDPOINT, too_many))
+    delta = DeltaStream()
+    delta.receive(delta_request(ENDPOINT, too_many[:-1]))
+    delta.receive(delta_request(ENDPOINT, too_many[:1]))  # already subscribed: still at the limit
+    with pytest.raises(ProtocolError, match=f"at most {MAX_NAMES_PER_TYPE}"):
+        delta.receive(delta_request(ENDPOINT, too_many[-1:]))
+    for type_url in (LISTENER, ROUTE, CLUSTER, ENDPOINT, SECRET):
+        SotwStream().receive(sotw_request(type_url, []))
+
+
+def test_sotw_stale_request_changes_the_subscription_but_answers_nothing() -> None:
+    """A stale nonce: no ACK or NACK, but the names it asks for are the subscription now."""
+    stream = SotwStream()
+    stream.receive(sotw_request(ENDPOINT, ["a"]))
+    [first] = stream.responses(snapshot(ENDPOINT, "a", "b"))
+    changed = encode({ENDPOINT: {"a": cluster("a", v="2"), "b": cluster("b")}})
+    [second] = stream.responses(changed)
+    assert second.nonce != first.nonce
+    received = stream.receive(
+        sotw_request(ENDPOINT, ["a", "b"], first.nonce, error_detail={"code": 3, "message": "old"})
+    )
+    assert received.stale and received.outcome is None
+    assert stream.status()[ENDPOINT].subscription == ("a", "b")
+    [third] = stream.responses(snapshot(ENDPOINT, "a", "b"))
+    assert sent([third]) == [(ENDPOINT, ["a", "b"])]

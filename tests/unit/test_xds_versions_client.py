@@ -1,4 +1,5 @@
-"""The xDS client's pure parts: references between resources, the resource cache, the backoff."""
+"""The xDS client's pure parts: references between resources, resource sets and changes, the SotW
+link's requests, the backoff."""
 
 from __future__ import annotations
 
@@ -7,17 +8,22 @@ from typing import Any
 
 import pytest
 from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import base_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import api_listener_pb2, listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
 
 from innermesh.proxy.xdsclient import (
+    Change,
     ConfigRejected,
     Held,
-    ResourceCache,
+    ResourceSet,
+    SotwLink,
+    XdsClientState,
     backoff_delay,
     endpoint_names,
     held_resource,
@@ -83,32 +89,81 @@ def test_a_resource_that_does_not_decode_is_rejected_by_name() -> None:
         held_resource(LISTENER, packed(cluster_pb2.Cluster(name="c")), name_hint="c")
 
 
-def test_cache_is_consistent_once_references_are_resolved() -> None:
-    """LDS and CDS answered and every referenced route and assignment present (or known absent)."""
-    cache = ResourceCache()
-    assert not cache.consistent()
-    cache.replace(
-        LISTENER, {"l": held(LISTENER, listener_pb2.Listener(name="l", filter_chains=[chain(hcm("r"))]))}
+def eds(name: str) -> Held:
+    return held(CLUSTER, cluster_pb2.Cluster(name=name, type=cluster_pb2.Cluster.EDS))
+
+
+def listener(name: str, route: str) -> Held:
+    return held(LISTENER, listener_pb2.Listener(name=name, filter_chains=[chain(hcm(route))]))
+
+
+def test_a_set_knows_what_it_references_and_what_is_missing() -> None:
+    """Routes and endpoint assignments named by the set's listeners and clusters, less those held or
+    known not to exist, are missing."""
+    rs = ResourceSet({LISTENER: {"l": listener("l", "r")}, CLUSTER: {"c": eds("c"), "d": eds("d")}})
+    assert rs.referenced(ROUTE) == {"r"} and rs.referenced(ENDPOINT) == {"c", "d"}
+    assert rs.missing({}) == {ROUTE: {"r"}, ENDPOINT: {"c", "d"}}
+    rs = rs.updated([Change(ROUTE, {"r": held(ROUTE, route_pb2.RouteConfiguration(name="r"))})])
+    assert rs.missing({ENDPOINT: {"d"}}) == {ROUTE: set(), ENDPOINT: {"c"}}
+
+
+def test_changes_replace_whole_types_or_update_names_and_drop_what_nothing_names() -> None:
+    """A whole change replaces its type; others add, replace and remove names; routes and endpoint
+    assignments no longer named leave the set; the original set is unchanged."""
+    a, b = held(ENDPOINT, cla("a")), held(ENDPOINT, cla("b"))
+    base = ResourceSet({CLUSTER: {"a": eds("a"), "b": eds("b")}, ENDPOINT: {"a": a, "b": b}})
+    newer_a = held_resource(ENDPOINT, packed(cla("a")), "v2")
+    updated = base.updated([Change(ENDPOINT, {"a": newer_a}, frozenset({"b"}))])
+    assert updated.versions()[ENDPOINT] == {"a": "v2"}
+    assert base.versions()[ENDPOINT] == {"a": "v1", "b": "v1"}
+
+    only_b = base.updated([Change(CLUSTER, {"b": eds("b")}, whole=True)])
+    assert set(only_b.held(CLUSTER)) == {"b"} and set(only_b.held(ENDPOINT)) == {"b"}
+    assert only_b.resources()[ENDPOINT]["b"] is b.message
+
+    part = Change(ENDPOINT, {"a": a, "b": b}, frozenset({"c"})).only({"b", "c"})
+    assert (set(part.resources), part.removed, part.whole) == ({"b"}, frozenset({"c"}), False)
+
+
+class FakeCall:
+    """The write side of a stream: what a link sends."""
+
+    def __init__(self) -> None:
+        self.written: list[Any] = []
+
+    async def write(self, request: Any) -> None:
+        self.written.append(request)
+
+
+def sotw_response(type_url: str, nonce: str, *messages: Any) -> Any:
+    return discovery_pb2.DiscoveryResponse(
+        type_url=type_url, nonce=nonce, version_info=f"v{nonce}", resources=[packed(m) for m in messages]
     )
-    cache.replace(CLUSTER, {"c": held(CLUSTER, cluster_pb2.Cluster(name="c", type=cluster_pb2.Cluster.EDS))})
-    assert cache.wanted()[ROUTE] == {"r"} and cache.wanted()[ENDPOINT] == {"c"}
-    assert cache.missing() == {ROUTE: {"r"}, ENDPOINT: {"c"}}
-    cache.update(ROUTE, {"r": held(ROUTE, route_pb2.RouteConfiguration(name="r"))}, ())
-    cache.update(ENDPOINT, {}, ["c"])  # delta: "c" does not exist
-    assert cache.consistent()
 
 
-def test_cache_gives_up_waiting_and_forgets_unsubscribed() -> None:
-    """After the timeout, missing names count as absent; unsubscribed names leave the cache."""
-    cache = ResourceCache()
-    cache.replace(LISTENER, {})
-    cache.replace(CLUSTER, {"c": held(CLUSTER, cluster_pb2.Cluster(name="c", type=cluster_pb2.Cluster.EDS))})
-    assert not cache.consistent()
-    cache.give_up_waiting()
-    assert cache.consistent()
-    cache.update(ENDPOINT, {"c": held(ENDPOINT, cla("c")), "old": held(ENDPOINT, cla("old"))}, ())
-    cache.forget(ENDPOINT, {"c"})
-    assert set(cache.held[ENDPOINT]) == {"c"}
+async def test_sotw_link_sends_a_subscription_again_when_a_newer_response_crossed_it() -> None:
+    """A subscription change sent with nonce 1 while response 2 was on its way is stale for the
+    server, which may ignore it: once response 2 arrives, the link sends it again with nonce 2."""
+    call = FakeCall()
+    link = SotwLink(call, base_pb2.Node(id="n"), XdsClientState("s", "sotw"))
+    wanted = {CLUSTER: frozenset({"*"}), LISTENER: frozenset({"*"}), ROUTE: frozenset()}
+    await link.subscribe({**wanted, ENDPOINT: frozenset({"a"})}, ResourceSet())
+    link.receive(sotw_response(ENDPOINT, "1", cla("a")))
+    await link.subscribe({**wanted, ENDPOINT: frozenset({"a"})}, ResourceSet())
+    assert len(call.written) == 3, "a first subscription has no nonce and is never stale: no resend"
+
+    await link.subscribe({**wanted, ENDPOINT: frozenset({"a", "b"})}, ResourceSet())
+    assert (call.written[-1].response_nonce, list(call.written[-1].resource_names)) == ("1", ["a", "b"])
+    received = link.receive(sotw_response(ENDPOINT, "2", cla("a")))
+    await link.subscribe({**wanted, ENDPOINT: frozenset({"a", "b"})}, ResourceSet())
+    again = call.written[-1]
+    assert (again.response_nonce, list(again.resource_names), again.version_info) == ("2", ["a", "b"], "")
+    assert not again.HasField("error_detail")
+
+    written = len(call.written)
+    await link.subscribe({**wanted, ENDPOINT: frozenset({"a", "b"})}, ResourceSet())
+    await link.answer(received.pending, None)
+    assert len(call.written) == written + 1 and call.written[-1].version_info == "v2"
 
 
 @pytest.mark.parametrize(("attempt", "nominal"), [(0, 0.1), (1, 0.2), (3, 0.8), (6, 5.0), (40, 5.0)])

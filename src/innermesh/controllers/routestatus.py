@@ -3,6 +3,11 @@
 For every HTTPRoute and GRPCRoute it writes the ``status.parents[]`` entries our controller owns
 (``route_status``), and Accepted=True on GatewayClasses with our controllerName
 (``gateway_class_status``), from informer caches; nothing is written when nothing changed.
+
+A route's status depends on more than the route: its Services, Gateways, GatewayClasses,
+ReferenceGrants, namespaces and FaultInjections, and, for an HTTPRoute, the GRPCRoutes of its namespace
+on the same Service (a GRPCRoute takes the Service ports it applies to, GEP-1426). A change to any of
+them re-queues the routes it can affect.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from innermesh.api.attachment import (
     gateway_class_status,
     is_fault_injection,
     is_gateway_parent,
-    is_service_parent,
+    names_service,
     route_status,
     route_status_changed,
 )
@@ -29,6 +34,7 @@ from innermesh.api.core import Namespace, Service
 from innermesh.api.gateway import (
     Gateway,
     GatewayClass,
+    GRPCRoute,
     ReferenceGrant,
 )
 from innermesh.api.registry import Kind
@@ -51,6 +57,7 @@ class _InformerWorld:
         grants: Informer[ReferenceGrant],
         namespaces: Informer[Namespace],
         fault_injections: Informer[mesh.FaultInjection] | None,
+        grpc_routes: Informer[GRPCRoute] | None,
     ) -> None:
         self._services = services
         self._gateways = gateways
@@ -58,6 +65,7 @@ class _InformerWorld:
         self._grants = grants
         self._namespaces = namespaces
         self._fault_injections = fault_injections
+        self._grpc_routes = grpc_routes
 
     def service(self, namespace: str, name: str) -> Service | None:
         return self._services.get(namespace, name)
@@ -79,6 +87,11 @@ class _InformerWorld:
         if self._fault_injections is None:
             return None
         return self._fault_injections.get(namespace, name)
+
+    def grpc_routes_for_service(self, namespace: str, name: str) -> Sequence[GRPCRoute]:
+        if self._grpc_routes is None:
+            return []
+        return [r for r in self._grpc_routes.list() if names_service(r, namespace, name)]
 
 
 class RouteStatusController:
@@ -108,7 +121,10 @@ class RouteStatusController:
         self.routes = dict(routes)
         self.gateways = gateways
         self.classes = classes
-        self.world = _InformerWorld(services, gateways, classes, grants, namespaces, fault_injections)
+        grpc_routes: Informer[GRPCRoute] | None = self.routes.get("GRPCRoute")
+        self.world = _InformerWorld(
+            services, gateways, classes, grants, namespaces, fault_injections, grpc_routes
+        )
         self.controller: Controller[RouteKey] = Controller(
             "routestatus", self.reconcile, workers=workers, resync=self._all_routes
         )
@@ -117,6 +133,8 @@ class RouteStatusController:
         )
         for kind_name, informer in self.routes.items():
             self.controller.watch(informer, self._route_key(kind_name))
+        if grpc_routes is not None:
+            self.controller.watch(grpc_routes, self._http_routes_sharing_a_service)
         self.controller.watch(services, lambda s: self._routes_where(lambda r: self._mentions_service(r, s)))
         self.controller.watch(
             gateways, lambda g: self._routes_where(lambda r: self._mentions_gateway(r, g.namespace, g.name))
@@ -145,14 +163,27 @@ class RouteStatusController:
     def _routes_where(self, pred: Callable[[Route], bool]) -> list[RouteKey]:
         return [(k, r.namespace, r.name) for k, inf in self.routes.items() for r in inf.list() if pred(r)]
 
+    def _http_routes_sharing_a_service(self, grpc: GRPCRoute) -> list[RouteKey]:
+        """The HTTPRoutes of the GRPCRoute's namespace with a Service parent it names too: the ports
+        it takes (or gives back) change their Accepted condition."""
+        parents = {
+            (ref.namespace or grpc.namespace, ref.name)
+            for ref in grpc.spec.parent_refs or []
+            if ref.is_service
+        }
+        informer = self.routes.get("HTTPRoute")
+        if informer is None or not parents:
+            return []
+        return [
+            ("HTTPRoute", r.namespace, r.name)
+            for r in informer.list(grpc.namespace)
+            if any(names_service(r, ns, name) for ns, name in parents)
+        ]
+
     @staticmethod
     def _mentions_service(route: Route, svc: Service) -> bool:
-        for ref in route.spec.parent_refs or []:
-            if is_service_parent(ref) and (ref.namespace or route.namespace, ref.name) == (
-                svc.namespace,
-                svc.name,
-            ):
-                return True
+        if names_service(route, svc.namespace, svc.name):
+            return True
         return any(
             b.is_service and (b.namespace or route.namespace, b.name) == (svc.namespace, svc.name)
             for b in backend_refs(route)

@@ -17,10 +17,11 @@ random draws:
 - random: one draw proportional to weight.
 - ring hash: a ketama ring: each endpoint owns 128 points per unit of weight (relative to the
   lightest), more when needed to reach ``ring_min`` (1024) points, fewer when the ring would exceed
-  ``ring_max``. The points are blake2b-64 hashes of "host:port_i" computed at build time; ``pick``
-  is one bisect. Envoy instead sizes the ring to about ``ring_min`` whatever the number of
-  endpoints, which gives every survivor new points when one endpoint leaves; a fixed number per
-  endpoint means that removing one of N (N >= 8) moves only that endpoint's keys.
+  ``ring_max``. An endpoint's points are the 64-bit words of SHAKE-256("host:port"), computed at
+  build time (``ring_points``); ``pick`` is one bisect. Envoy instead sizes the ring to about
+  ``ring_min`` whatever the number of endpoints, which gives every survivor new points when one
+  endpoint leaves; a fixed number per endpoint means that removing one of N (N >= 8) moves only that
+  endpoint's keys.
 - Maglev: Google's lookup table (table size 65537, a prime) filled with the paper's permutations
   (offset and skip from blake2b of "host:port"), weighted as Envoy does; ``pick`` is one index.
 
@@ -34,7 +35,13 @@ next level. So a fully healthy level 0 takes everything, and traffic moves to le
 healthy endpoint, ``pick`` answers None (the runtime's 503), where Envoy would try unhealthy ones.
 
 ``PickContext.exclude`` (endpoints a retry already tried) is honoured when another healthy
-endpoint exists: first in the chosen level, then in the other levels in priority order.
+endpoint exists: first in the chosen level, then in the other levels in priority order. Such a pick
+costs O(endpoints), never O(table): a level whose endpoints were all tried is passed over at once,
+and a walk along a ring, Maglev table or round-robin cycle is bounded (``_first_allowed``).
+
+Building pickers is the expensive part of a new plan (a Maglev table is 65,537 slots to fill, a ring
+of 500 endpoints 64,000 points to hash and sort), so ``build_cluster`` lends a level the previous
+plan's picker when the level's healthy endpoints are the very same objects.
 """
 
 from __future__ import annotations
@@ -43,11 +50,12 @@ import hashlib
 import heapq
 import math
 import random
+import struct
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
-from typing import Protocol
+from typing import Any, Protocol, cast
 
 from innermesh.proxy.matching import header_value
 from innermesh.proxy.plan import (
@@ -118,9 +126,10 @@ class _WeightedDraw:
 
 
 class RoundRobin:
-    __slots__ = ("_cursor", "cycle")
+    __slots__ = ("_cursor", "_endpoints", "cycle")
 
     def __init__(self, endpoints: Sequence[EndpointState], rng: random.Random) -> None:
+        self._endpoints = tuple(endpoints)
         self.cycle = round_robin_cycle(endpoints)
         self._cursor = rng.randrange(len(self.cycle))
 
@@ -130,11 +139,11 @@ class RoundRobin:
         return self.cycle[i]
 
     def pick_avoiding(self, hash: int | None, exclude: frozenset[tuple[str, int]]) -> EndpointState | None:
-        for _ in range(len(self.cycle)):
-            e = self.pick(hash)
-            if _key(e) not in exclude:
-                return e
-        return None
+        start = self._cursor
+        found = _first_allowed(self.cycle, start, exclude, self._endpoints, start)
+        if found is not None:
+            self._cursor = (start + 1) % len(self.cycle)
+        return found
 
 
 def round_robin_cycle(endpoints: Sequence[EndpointState]) -> tuple[EndpointState, ...]:
@@ -180,8 +189,9 @@ class LeastRequest:
         best = draw()
         for _ in range(self._choices - 1):
             other = draw()
-            # fewer active per unit of weight, compared without division
-            if other.active * best.weight < best.active * other.weight:
+            # fewer active per unit of weight, compared without division (the counters read directly:
+            # ``active`` is a property over them)
+            if other.requests.value * best.weight < best.requests.value * other.weight:
                 best = other
         return best
 
@@ -208,7 +218,7 @@ class RandomChoice:
 class RingHash:
     """Ketama ring: sorted point hashes and, in parallel, the endpoint owning each point."""
 
-    __slots__ = ("_owners", "_points", "_rng")
+    __slots__ = ("_endpoints", "_owners", "_points", "_rng")
 
     def __init__(
         self,
@@ -218,6 +228,7 @@ class RingHash:
         max_size: int = RING_MAX,
     ) -> None:
         self._rng = rng
+        self._endpoints = tuple(endpoints)
         lightest = min(e.weight for e in endpoints)
         units = [e.weight / lightest for e in endpoints]
         per_unit = max(RING_POINTS_PER_UNIT, math.ceil(min_size / sum(units)))
@@ -225,13 +236,16 @@ class RingHash:
         total = sum(counts)
         if total > max_size:
             counts = [max(1, c * max_size // total) for c in counts]
-        ring: list[tuple[int, int]] = []
+        # Sort (point, owner) pairs as single integers, point above the owner's index: one sort of
+        # ints is about three times faster than building and sorting tuples.
+        shift = max(1, (len(endpoints) - 1).bit_length())
+        packed: list[int] = []
         for index, (e, count) in enumerate(zip(endpoints, counts, strict=True)):
-            prefix = f"{e.host}:{e.port}_".encode()
-            ring.extend((stable_hash(prefix + b"%d" % i), index) for i in range(count))
-        ring.sort()
-        self._points = [h for h, _ in ring]
-        self._owners = [endpoints[i] for _, i in ring]
+            packed.extend((h << shift) | index for h in ring_points(e.host, e.port, count))
+        packed.sort()
+        mask = (1 << shift) - 1
+        self._points = [k >> shift for k in packed]
+        self._owners = [endpoints[k & mask] for k in packed]
 
     def __len__(self) -> int:
         return len(self._points)
@@ -245,24 +259,27 @@ class RingHash:
         return self._owners[self._index(hash)]
 
     def pick_avoiding(self, hash: int | None, exclude: frozenset[tuple[str, int]]) -> EndpointState | None:
-        # Walk clockwise to the next point owned by an endpoint not yet tried: still consistent.
+        # Clockwise to the next point owned by an endpoint not yet tried: still consistent.
         start = self._index(hash)
-        owners = self._owners
-        n = len(owners)
-        for step in range(n):
-            e = owners[(start + step) % n]
-            if _key(e) not in exclude:
-                return e
-        return None
+        return _first_allowed(self._owners, start, exclude, self._endpoints, start)
+
+
+def ring_points(host: str, port: int, count: int) -> tuple[int, ...]:
+    """An endpoint's ``count`` ring points: the 64-bit words of SHAKE-256("host:port"). An endpoint
+    whose count grows keeps its first points (the output of an XOF extends, it does not change), and
+    one digest per endpoint is ~100x cheaper than one per point."""
+    data = hashlib.shake_256(f"{host}:{port}".encode()).digest(8 * count)
+    return struct.unpack(f"<{count}Q", data)
 
 
 class Maglev:
-    __slots__ = ("_rng", "table")
+    __slots__ = ("_endpoints", "_rng", "table")
 
     def __init__(
         self, endpoints: Sequence[EndpointState], rng: random.Random, table_size: int = MAGLEV_TABLE_SIZE
     ) -> None:
         self._rng = rng
+        self._endpoints = tuple(endpoints)
         self.table = maglev_table(endpoints, table_size)
 
     def pick(self, hash: int | None) -> EndpointState:
@@ -270,52 +287,83 @@ class Maglev:
         return self.table[h % len(self.table)]
 
     def pick_avoiding(self, hash: int | None, exclude: frozenset[tuple[str, int]]) -> EndpointState | None:
-        table = self.table
-        m = len(table)
-        start = (self._rng.getrandbits(64) if hash is None else hash) % m
-        for step in range(m):
-            e = table[(start + step) % m]
-            if _key(e) not in exclude:
-                return e
-        return None
+        h = self._rng.getrandbits(64) if hash is None else hash
+        return _first_allowed(self.table, h % len(self.table), exclude, self._endpoints, h)
+
+
+def _first_allowed(
+    sequence: Sequence[EndpointState],
+    start: int,
+    exclude: frozenset[tuple[str, int]],
+    endpoints: tuple[EndpointState, ...],
+    tiebreak: int,
+) -> EndpointState | None:
+    """The first endpoint from ``start`` on (wrapping) in ``sequence`` (a cycle, ring or table over
+    ``endpoints``) that is not excluded. The walk is bounded by a few times the number of endpoints,
+    so that a pick costs O(endpoints) however long the sequence: past the bound (an untried endpoint
+    with a sliver of the sequence) the choice among the untried ones is ``tiebreak`` modulo their
+    number, still the same for the same request."""
+    n = len(sequence)
+    for step in range(min(n, 4 * len(endpoints) + 16)):
+        e = sequence[(start + step) % n]
+        if _key(e) not in exclude:
+            return e
+    allowed = [e for e in endpoints if _key(e) not in exclude]
+    return allowed[tiebreak % len(allowed)] if allowed else None
 
 
 def maglev_table(endpoints: Sequence[EndpointState], m: int) -> tuple[EndpointState, ...]:
     """Maglev population (Eisenbud et al. 2016, pseudocode 1) with Envoy's weighting: on each
     round an endpoint claims its next free preferred slot only once its weight has accrued enough
-    credit, so slots end up in proportion to weight. ``m`` must be prime."""
+    credit, so slots end up in proportion to weight. ``m`` must be prime.
+
+    Filling 65,537 slots is the whole cost (one Python-level claim per slot plus the probes past
+    taken slots), so the loops are written for CPython: each endpoint's permutation state in one
+    small list, no weight bookkeeping when weights are equal, whole rounds without an end check."""
     n = len(endpoints)
-    offsets: list[int] = []
-    skips: list[int] = []
+    states: list[list[Any]] = []
     for e in endpoints:
         d = hashlib.blake2b(f"{e.host}:{e.port}".encode(), digest_size=16).digest()
-        offsets.append(int.from_bytes(d[:8], "little") % m)
-        skips.append(int.from_bytes(d[8:], "little") % (m - 1) + 1)
+        offset = int.from_bytes(d[:8], "little") % m
+        skip = int.from_bytes(d[8:], "little") % (m - 1) + 1
+        states.append([offset, skip, e])  # the next candidate slot, the stride, the owner
+    owner: list[EndpointState | None] = [None] * m
     weights = [e.weight for e in endpoints]
-    top = max(weights)
-    owner = [-1] * m
-    position = list(offsets)  # the current candidate slot of each endpoint's permutation
-    credit = [0] * n
-    filled = 0
-    round_ = 0
-    while filled < m:
-        round_ += 1
-        for i in range(n):
-            if round_ * weights[i] < credit[i]:
-                continue
-            credit[i] += top
-            c, skip = position[i], skips[i]
-            while owner[c] >= 0:
+    if len(set(weights)) == 1:
+        rounds, rest = divmod(m, n)
+        for r in range(rounds + 1):
+            for st in states if r < rounds else states[:rest]:
+                c, skip, e = st
+                while owner[c] is not None:
+                    c += skip
+                    if c >= m:
+                        c -= m
+                owner[c] = e
                 c += skip
-                if c >= m:
-                    c -= m
-            owner[c] = i
-            c += skip
-            position[i] = c - m if c >= m else c
-            filled += 1
-            if filled == m:
-                break
-    return tuple(endpoints[i] for i in owner)
+                st[0] = c - m if c >= m else c
+    else:
+        top = max(weights)
+        credit = [0] * n
+        filled = 0
+        round_ = 0
+        while filled < m:
+            round_ += 1
+            for i, st in enumerate(states):
+                if round_ * weights[i] < credit[i]:
+                    continue
+                credit[i] += top
+                c, skip, e = st
+                while owner[c] is not None:
+                    c += skip
+                    if c >= m:
+                        c -= m
+                owner[c] = e
+                c += skip
+                st[0] = c - m if c >= m else c
+                filled += 1
+                if filled == m:
+                    break
+    return tuple(cast(list[EndpointState], owner))
 
 
 # --- the cluster ---------------------------------------------------------------------------------------
@@ -328,6 +376,10 @@ class Level:
     priority: int
     healthy: tuple[EndpointState, ...]
     picker: Picker
+    keys: frozenset[tuple[str, int]] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.keys = frozenset(_key(e) for e in self.healthy)
 
 
 def priority_loads(levels: Sequence[tuple[int, int]], overprovisioning: int = OVERPROVISIONING) -> list[int]:
@@ -351,6 +403,18 @@ def priority_loads(levels: Sequence[tuple[int, int]], overprovisioning: int = OV
     return loads
 
 
+@dataclass(frozen=True, slots=True)
+class LbSettings:
+    """The policy and its knobs, from the Envoy Cluster."""
+
+    policy: LbPolicy = "round_robin"
+    choice_count: int = 2
+    ring_min: int = RING_MIN
+    ring_max: int = RING_MAX
+    maglev_size: int = MAGLEV_TABLE_SIZE
+    overprovisioning: int = OVERPROVISIONING
+
+
 @dataclass(eq=False)
 class BalancedCluster:
     """The plan's ``Cluster``: endpoints in priority levels, one picker per level.
@@ -369,6 +433,7 @@ class BalancedCluster:
     loads: tuple[int, ...]  # cumulative percent per level, last = 100 (or empty: nothing healthy)
     rng: random.Random
     signature: object = None
+    settings: LbSettings = field(default_factory=LbSettings)
     _only: Level | None = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -384,31 +449,20 @@ class BalancedCluster:
             level = self.levels[bisect_right(self.loads, r)]
         endpoint = level.picker.pick(ctx.hash)
         if ctx.exclude and _key(endpoint) in ctx.exclude:
-            return self._pick_avoiding(level, ctx) or endpoint
+            return self._pick_avoiding(level, ctx.hash, ctx.exclude) or endpoint
         return endpoint
 
-    def _pick_avoiding(self, chosen: Level, ctx: PickContext) -> EndpointState | None:
-        found = chosen.picker.pick_avoiding(ctx.hash, ctx.exclude)
-        if found is not None:
-            return found
-        for level in self.levels:
-            if level is not chosen and level.healthy:
-                found = level.picker.pick_avoiding(ctx.hash, ctx.exclude)
+    def _pick_avoiding(
+        self, chosen: Level, hash: int | None, exclude: frozenset[tuple[str, int]]
+    ) -> EndpointState | None:
+        # A level whose every endpoint was tried is passed over at once (a subset test, O(level)),
+        # rather than asking its picker to search a ring or table that holds nothing else.
+        for level in (chosen, *(other for other in self.levels if other is not chosen)):
+            if not level.keys <= exclude:
+                found = level.picker.pick_avoiding(hash, exclude)
                 if found is not None:
                     return found
         return None
-
-
-@dataclass(frozen=True, slots=True)
-class LbSettings:
-    """The policy and its knobs, from the Envoy Cluster."""
-
-    policy: LbPolicy = "round_robin"
-    choice_count: int = 2
-    ring_min: int = RING_MIN
-    ring_max: int = RING_MAX
-    maglev_size: int = MAGLEV_TABLE_SIZE
-    overprovisioning: int = OVERPROVISIONING
 
 
 def make_picker(lb: LbSettings, endpoints: Sequence[EndpointState], rng: random.Random) -> Picker:
@@ -423,6 +477,10 @@ def make_picker(lb: LbSettings, endpoints: Sequence[EndpointState], rng: random.
     return Maglev(endpoints, rng, lb.maglev_size)
 
 
+def _same_objects(a: tuple[EndpointState, ...], b: tuple[EndpointState, ...]) -> bool:
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
+
+
 def build_cluster(
     name: str,
     protocol: UpstreamProtocol,
@@ -431,8 +489,17 @@ def build_cluster(
     endpoints: tuple[EndpointState, ...],
     rng: random.Random,
     signature: object = None,
+    previous: BalancedCluster | None = None,
 ) -> BalancedCluster:
-    """Group ``endpoints`` by priority and build each level's picker."""
+    """Group ``endpoints`` by priority and build each level's picker.
+
+    A level of ``previous`` (built with the same settings) whose healthy endpoints are the very same
+    objects, in the same order, lends its picker: nothing it was built from changed, and building a
+    ring or a Maglev table is the expensive part of a new plan. So an endpoint going down in one
+    zone rebuilds that zone's picker only."""
+    reusable: dict[int, Level] = {}
+    if previous is not None and previous.settings == lb:
+        reusable = {level.priority: level for level in previous.levels}
     by_priority: dict[int, list[EndpointState]] = {}
     for e in endpoints:
         by_priority.setdefault(e.priority, []).append(e)
@@ -442,13 +509,20 @@ def build_cluster(
         members = by_priority[priority]
         healthy = tuple(e for e in members if e.healthy)
         if healthy:
-            levels.append(Level(priority, healthy, make_picker(lb, healthy, rng)))
+            old = reusable.get(priority)
+            if old is not None and _same_objects(old.healthy, healthy):
+                picker = old.picker
+            else:
+                picker = make_picker(lb, healthy, rng)
+            levels.append(Level(priority, healthy, picker))
         counts.append((len(healthy), len(members)))
     per_level = [
         load for load, (h, _) in zip(priority_loads(counts, lb.overprovisioning), counts, strict=True) if h
     ]
     loads = tuple(accumulate(per_level)) if per_level and sum(per_level) else ()
-    return BalancedCluster(name, protocol, lb.policy, limits, endpoints, tuple(levels), loads, rng, signature)
+    return BalancedCluster(
+        name, protocol, lb.policy, limits, endpoints, tuple(levels), loads, rng, signature, lb
+    )
 
 
 # --- request hashes ------------------------------------------------------------------------------------

@@ -8,11 +8,12 @@ that message; the proxy keeps serving its previous plan. Silently ignoring a fie
 differently from what the control plane meant.
 
 Compilation has two phases. First every resource is read into plain values (this is where errors
-are raised); only when all of it is valid are clusters materialised, reusing the previous plan's
-``EndpointState`` objects (same cluster, same host and port) so that in-flight request counts
-survive the swap, and reusing a previous cluster whole when nothing it was built from changed (so
-rings, Maglev tables and round-robin positions survive too). Endpoint state is kept per cluster, as
-Envoy keeps hosts per cluster.
+are raised); only when all of it is valid are clusters materialised, sharing the previous plan's
+in-flight request counts (same cluster, same host and port) so that they survive the swap, without
+changing anything the previous plan reads (it keeps running if this one is never installed). A
+previous cluster is reused whole when nothing it was built from changed (so rings, Maglev tables and
+round-robin positions survive too), else the pickers of its priority levels whose healthy endpoints
+did not change. Endpoint state is kept per cluster, as Envoy keeps hosts per cluster.
 
 Defaults we take from Envoy: a route without ``timeout`` has 15 s (``0s`` means none); a retry
 policy without ``num_retries`` retries once; a fault percentage left unset is 0 %; clusters connect
@@ -1232,22 +1233,33 @@ def _assignment(msg: Message, path: str) -> tuple[tuple[_EndpointSpec, ...], int
 
 
 def _materialise(spec: _ClusterSpec, previous: Cluster | None, rng: random.Random) -> BalancedCluster:
-    """The cluster with its endpoint state: the previous plan's objects where the address is the
-    same (attributes updated in place: the old plan's pickers were built already and never read
-    them), new ones otherwise; the previous cluster itself when nothing changed."""
+    """The cluster with its endpoint state: the previous plan's object for an address whose zone,
+    priority, weight and health are unchanged, else a new one sharing the old one's in-flight count
+    (``ActiveRequests``), so that nothing the running plan reads is changed; the previous cluster
+    itself when nothing changed, and its pickers for the priority levels that did not change."""
     signature = (spec.protocol, spec.lb, spec.limits, spec.endpoints)
-    if isinstance(previous, BalancedCluster) and previous.signature == signature:
-        return previous
+    balanced = previous if isinstance(previous, BalancedCluster) else None
+    if balanced is not None and balanced.signature == signature:
+        return balanced
     known = {(e.host, e.port): e for e in previous.endpoints} if previous is not None else {}
     states: list[EndpointState] = []
     for e in spec.endpoints:
-        state = known.get((e.host, e.port))
-        if state is None:
-            state = EndpointState(e.host, e.port, e.zone, e.priority, e.weight, e.healthy)
+        old = known.get((e.host, e.port))
+        if old is not None and (old.zone, old.priority, old.weight, old.healthy) == (
+            e.zone,
+            e.priority,
+            e.weight,
+            e.healthy,
+        ):
+            states.append(old)
         else:
-            state.zone, state.priority, state.weight, state.healthy = e.zone, e.priority, e.weight, e.healthy
-        states.append(state)
-    return build_cluster(spec.name, spec.protocol, spec.lb, spec.limits, tuple(states), rng, signature)
+            shared = old.requests if old is not None else None
+            states.append(
+                EndpointState(e.host, e.port, e.zone, e.priority, e.weight, e.healthy, requests=shared)
+            )
+    return build_cluster(
+        spec.name, spec.protocol, spec.lb, spec.limits, tuple(states), rng, signature, previous=balanced
+    )
 
 
 # --- the whole plan -------------------------------------------------------------------------------------

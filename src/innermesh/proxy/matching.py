@@ -7,6 +7,8 @@ compiled, so ``matches`` is a few comparisons per request.
 
 What Envoy does and we copy (source/common/router/config_impl.cc, http/header_utility.cc):
 
+- ``grpc``: the content-type is ``application/grpc`` or starts with ``application/grpc+`` (Envoy's
+  ``Grpc::Common::hasGrpcContentType``; gRPC-Web is not gRPC).
 - Paths are matched without the query string, as received (percent-encoded, not normalised).
   ``safe_regex`` is a full match. ``case_sensitive: false`` applies to path, prefix and separated
   prefix, never to regexes.
@@ -261,6 +263,13 @@ def first_query_value(query: bytes, name: bytes) -> bytes | None:
     return None
 
 
+def is_grpc(head: RequestHead) -> bool:
+    """Envoy's test for a gRPC request: content-type ``application/grpc`` exactly or followed by ``+``
+    (``application/grpc+proto``); ``application/grpc-web`` is not gRPC."""
+    ct = header_value(head, b"content-type")
+    return ct is not None and ct.startswith(b"application/grpc") and ct[16:17] in (b"", b"+")
+
+
 # --- string matching ----------------------------------------------------------------------------------
 
 StringKind = Literal["exact", "prefix", "suffix", "contains", "regex"]
@@ -351,10 +360,8 @@ class Conditions:
     grpc: bool = False
 
     def holds(self, head: RequestHead) -> bool:
-        if self.grpc:
-            ct = header_value(head, b"content-type")
-            if ct is None or not ct.startswith(b"application/grpc"):
-                return False
+        if self.grpc and not is_grpc(head):
+            return False
         for h in self.headers:
             if not h.holds(head):
                 return False

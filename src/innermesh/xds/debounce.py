@@ -19,29 +19,26 @@ def fire_at(first: float, last: float, quiet: float, max_delay: float) -> float:
 
 class Debouncer:
     """Calls ``fire`` ``quiet`` seconds after the last ``poke``, and at most ``max_delay`` seconds after
-    the first poke of a burst. Lives on one event loop; ``poke`` must be called on it."""
+    the first poke of a burst. ``poke`` runs on an event loop (the timer lives there); the delays are
+    checked at construction, so a wrong setting fails where it is made, not at the first change."""
 
-    def __init__(
-        self, fire: Callable[[], None], *, quiet: float, max_delay: float, loop: asyncio.AbstractEventLoop
-    ) -> None:
+    def __init__(self, fire: Callable[[], None], *, quiet: float, max_delay: float) -> None:
         if quiet < 0 or max_delay < quiet:
             raise ValueError(f"debounce: need 0 <= quiet ({quiet}) <= max_delay ({max_delay})")
         self._fire = fire
         self._quiet = quiet
         self._max_delay = max_delay
-        self._loop = loop
         self._first: float | None = None
         self._handle: asyncio.TimerHandle | None = None
 
     def poke(self) -> None:
-        now = self._loop.time()
+        loop = asyncio.get_running_loop()
+        now = loop.time()
         if self._first is None:
             self._first = now
         if self._handle is not None:
             self._handle.cancel()
-        self._handle = self._loop.call_at(
-            fire_at(self._first, now, self._quiet, self._max_delay), self._on_timer
-        )
+        self._handle = loop.call_at(fire_at(self._first, now, self._quiet, self._max_delay), self._on_timer)
 
     def cancel(self) -> None:
         if self._handle is not None:

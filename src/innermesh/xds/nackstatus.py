@@ -11,6 +11,12 @@ the route it names is looked up in the configuration regenerated for that proxy,
 Envoy name says which HTTPRoute or GRPCRoute rule it came from (``HTTPRoute/<ns>/<name>/<rule>/<match>``).
 A reason without a path blames every route of the rejected RouteConfigurations.
 
+NACKs are handled at most once per ``per_node_interval`` per node id: a node's first NACK is shown at
+once, and what it NACKs within the window after that is coalesced (the latest wins) and shown when the
+window has passed. A data plane that NACKs in a loop, or a client forging NACKs with fresh messages,
+then costs one regeneration and at most one status write per route every few seconds, not one per
+NACK.
+
 Each replica reports what its own streams saw; with several replicas a route's condition reflects
 the last replica to write it.
 """
@@ -20,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,8 +71,20 @@ class _Flag:
     rejected_by: dict[str, str] = field(default_factory=dict)  # node id -> its reason
 
 
+@dataclass(frozen=True, slots=True)
+class _Nack:
+    proxy: ProxyInfo
+    type_url: str
+    names: tuple[str, ...]
+    message: str
+
+
 class NackStatus:
-    """Feeds ``XdsServer(on_nack=...)`` and clears what it flagged once the proxies moved on."""
+    """Feeds ``XdsServer(on_nack=...)`` and clears what it flagged once the proxies moved on.
+
+    ``interval`` paces ``run`` (clearing, and the NACKs held back by the rate limit); ``clock`` is a
+    monotonic clock in seconds, for the rate limit.
+    """
 
     def __init__(
         self,
@@ -75,42 +94,76 @@ class NackStatus:
         connections: Callable[[], list[ConnectionStatus]],
         *,
         interval: float = 1.0,
+        per_node_interval: float = 3.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
         self.source = source
         self.route_kinds = route_kinds
         self.connections = connections
         self.interval = interval
+        self.per_node_interval = per_node_interval
+        self.clock = clock
         self._flags: dict[RouteKey, _Flag] = {}
+        self._handled_at: dict[str, float] = {}  # node id -> when its last NACK was handled
+        self._held_back: dict[str, _Nack] = {}  # node id -> its latest NACK within the window
 
     async def on_nack(self, proxy: ProxyInfo, type_url: str, names: Sequence[str], message: str) -> None:
         if type_url not in (ROUTE, LISTENER):
             return  # clusters and endpoints are not any one route's doing
-        listener_names = None if proxy.kind == "sidecar" else frozenset(names)
+        nack = _Nack(proxy, type_url, tuple(names), message)
+        handled_at = self._handled_at.get(proxy.node_id)
+        if handled_at is not None and self.clock() - handled_at < self.per_node_interval:
+            self._held_back[proxy.node_id] = nack
+            return
+        await self._handle(nack)
+
+    async def _handle(self, nack: _Nack) -> None:
+        proxy = nack.proxy
+        self._handled_at[proxy.node_id] = self.clock()
+        listener_names = None if proxy.kind == "sidecar" else frozenset(nack.names)
         route_configs = self.source.generate(proxy, listener_names).get(ROUTE, {})
-        for key in sorted(rejected_routes(route_configs, names, message)):
+        for key in sorted(rejected_routes(route_configs, nack.names, nack.message)):
             flag = self._flags.setdefault(key, _Flag())
-            flag.rejected_by[proxy.node_id] = message
-            await self._write(key, "False", "Rejected", f"{proxy.node_id} rejected it: {message}")
+            flag.rejected_by[proxy.node_id] = nack.message
+            await self._write(key, "False", "Rejected", f"{proxy.node_id} rejected it: {nack.message}")
+
+    async def _handle_held_back(self) -> None:
+        """Handle the NACKs whose node's window has passed; forget windows that are over."""
+        now = self.clock()
+        over = {n for n, at in self._handled_at.items() if now - at >= self.per_node_interval}
+        for node_id in over:
+            del self._handled_at[node_id]
+            nack = self._held_back.pop(node_id, None)
+            if nack is not None:
+                await self._handle(nack)
 
     async def run(self) -> None:
-        """Every ``interval``: clear routes whose rejecting proxies have all moved on."""
+        """Every ``interval``: show the NACKs the rate limit held back, and clear routes whose
+        rejecting proxies have all moved on. A failure is logged and tried again at the next turn."""
         while True:
             await asyncio.sleep(self.interval)
-            if not self._flags:
-                continue
-            moved_on = self._moved_on()
-            for key, flag in list(self._flags.items()):
-                for node_id in [n for n in flag.rejected_by if n in moved_on]:
-                    del flag.rejected_by[node_id]
-                if not flag.rejected_by:
-                    del self._flags[key]
-                    await self._write(
-                        key,
-                        "True",
-                        "Accepted",
-                        "the data planes that rejected it accept the current configuration",
-                    )
+            try:
+                await self._handle_held_back()
+                await self._clear()
+            except Exception:
+                log.exception("xds: updating the data-plane status of routes failed")
+
+    async def _clear(self) -> None:
+        if not self._flags:
+            return
+        moved_on = self._moved_on()
+        for key, flag in list(self._flags.items()):
+            for node_id in [n for n in flag.rejected_by if n in moved_on]:
+                del flag.rejected_by[node_id]
+            if not flag.rejected_by:
+                del self._flags[key]
+                await self._write(
+                    key,
+                    "True",
+                    "Accepted",
+                    "the data planes that rejected it accept the current configuration",
+                )
 
     def _moved_on(self) -> set[str]:
         """Node ids whose every stream has its last route and listener configuration acknowledged, and

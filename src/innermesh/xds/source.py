@@ -4,16 +4,29 @@ It watches every kind the translator reads, keeps one immutable ``MeshState`` bu
 caches (rebuilt lazily after a change, so a burst of events costs one rebuild per push, not one per
 event), and tells the server when something changed. ``generate`` is the pure translator over that
 state. It runs on every replica (data planes may connect to any), not only on the controllers' leader.
+
+Two things keep pushes proportional to what matters:
+
+- An update that changes only what the translator never reads (``status``, ``resourceVersion``,
+  ``managedFields``) is no change: the route status controller's writes, and the data planes' NACKs
+  shown on routes, would otherwise each regenerate every proxy.
+- Translations are cached per state, by everything the translator reads of the proxy (its
+  ``ProxyInfo`` without the node id) and the listener names: identical proxies (proxyless clients of
+  one namespace asking for the same listeners, a sidecar's old and new stream while it reconnects, the
+  NACK handler asking again) share one translation, and the ADS server then serializes it once. The
+  cache goes with the state it was made from.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
+from innermesh.api.meta import Resource
 from innermesh.api.registry import Kind, Registry
 from innermesh.api.scheme import REGISTRY
 from innermesh.client.base import Client
@@ -37,6 +50,35 @@ WATCHED: dict[str, tuple[str, str]] = {
     "backend_traffic_policies": ("mesh.innermesh.io/v1alpha1", "BackendTrafficPolicy"),
 }
 
+# Distinct proxies whose translations one state keeps; beyond it, the oldest is dropped. Connected
+# proxies bound it in practice; the cap keeps a client inventing identities from growing it.
+MAX_TRANSLATIONS = 4096
+
+# What a write may change without changing what the translator reads.
+_UNREAD_METADATA = frozenset({"resource_version", "managed_fields"})
+_UNREAD_FIELDS = frozenset({"metadata", "status"})
+
+
+def translated_part(obj: Resource) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What of ``obj`` the translator may read: all but its status and the metadata the server keeps
+    for itself. Named by exclusion, so that a field the translator starts reading is never missed."""
+    metadata = obj.metadata.model_dump(exclude=set(_UNREAD_METADATA))
+    rest = {name: getattr(obj, name) for name in type(obj).model_fields if name not in _UNREAD_FIELDS}
+    return metadata, rest
+
+
+def proxy_key(proxy: ProxyInfo) -> tuple[Hashable, ...]:
+    """Everything the translator reads of ``proxy``: all its fields but the node id (mappings as
+    sorted pairs, so that the key hashes). Built from the fields themselves, so that a field added to
+    ProxyInfo is part of the key without anyone remembering to add it."""
+    values: list[Hashable] = []
+    for f in dataclasses.fields(proxy):
+        if f.name == "node_id":
+            continue
+        value = getattr(proxy, f.name)
+        values.append(tuple(sorted(value.items())) if isinstance(value, Mapping) else value)
+    return tuple(values)
+
 
 class MeshSource:
     def __init__(
@@ -53,12 +95,26 @@ class MeshSource:
             self._informers[field_name] = informer
         self._callbacks: list[Callable[[], None]] = []
         self._state: MeshState | None = None
+        self._translated_from: MeshState | None = None
+        self._translations: dict[tuple[Hashable, ...], Resources] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- ConfigSource ---------------------------------------------------------------------------------
 
     def generate(self, proxy: ProxyInfo, listener_names: frozenset[str] | None) -> Resources:
-        return translate(self.state, proxy, listener_names)
+        """The translation for ``proxy``; the same object for every proxy that differs only in node
+        id, until the state changes. Callers must not modify it."""
+        state = self.state
+        if self._translated_from is not state:
+            self._translated_from, self._translations = state, {}
+        key = (*proxy_key(proxy), listener_names)
+        resources = self._translations.get(key)
+        if resources is None:
+            resources = translate(state, proxy, listener_names)
+            if len(self._translations) >= MAX_TRANSLATIONS:
+                del self._translations[next(iter(self._translations))]
+            self._translations[key] = resources
+        return resources
 
     def on_change(self, callback: Callable[[], None]) -> None:
         self._callbacks.append(callback)
@@ -75,7 +131,9 @@ class MeshSource:
             self._state = MeshState(**fields, cluster_domain=self.cluster_domain)
         return self._state
 
-    def _changed(self, old: object, new: object) -> None:
+    def _changed(self, old: Resource | None, new: Resource | None) -> None:
+        if old is not None and new is not None and translated_part(old) == translated_part(new):
+            return  # a status write, or the server's bookkeeping
         self._state = None
         for cb in self._callbacks:
             cb()

@@ -5,10 +5,14 @@ Two machines, one per variant of the protocol (Envoy's "xDS REST and gRPC protoc
 - ``SotwStream`` (StreamAggregatedResources, state of the world). Per type URL: the subscription
   (named resources, ``*``, or the legacy wildcard of a first LDS/CDS request without names), the
   version and nonce of the last response, and the version the client last ACKed. A request carrying
-  a nonce other than the last one sent for its type is stale and ignored whole. A response is due
-  when the selected resources hash to another version than the one last sent, or when the client
-  changed its subscription (it must then be answered even if nothing changed, so that a client
-  asking for a name that does not exist sees a response without it and can conclude so).
+  a nonce other than the last one sent for its type is stale: it ACKs or NACKs nothing (the client
+  has not seen the newest response yet and will answer that one), but its subscription counts, as it
+  does in delta. A request supersedes every earlier one of its type, so its names are the client's
+  latest wish; ignoring them could leave the client waiting for names the server never heard of
+  (envoyproxy/envoy#10363). A response is due when the selected resources hash to another version
+  than the one last sent, or when the client changed its subscription (it must then be answered even
+  if nothing changed, so that a client asking for a name that does not exist sees a response without
+  it and can conclude so).
 - ``DeltaStream`` (DeltaAggregatedResources, incremental). Per type URL: the subscription and what
   the server believes the client holds (name -> version: what was sent, or what the client declared
   in ``initial_resource_versions`` on reconnect). A response carries the resources whose version
@@ -18,6 +22,9 @@ Two machines, one per variant of the protocol (Envoy's "xDS REST and gRPC protoc
 
 What was sent counts as held whether the client ACKs or NACKs it: a rejected configuration is not
 sent again until the configuration changes (the client keeps its last good one meanwhile).
+
+Both machines refuse what would let one client grow the server's state without bound: a type URL
+other than the five the server serves, and more than ``MAX_NAMES_PER_TYPE`` names of one type.
 """
 
 from __future__ import annotations
@@ -29,10 +36,18 @@ from dataclasses import dataclass, field
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
 
-from innermesh.xds.types import CLUSTER, LISTENER, PUSH_ORDER
+from innermesh.xds.types import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE, SECRET
 from innermesh.xds.versions import EncodedResource, EncodedResources, set_version
 
 WILDCARD = "*"
+
+# What a stream may ask for. Any other type is refused rather than answered with an empty response:
+# each type costs state on the stream, and a client that names types at will would grow it at will.
+SERVED_TYPES = frozenset({LISTENER, ROUTE, CLUSTER, ENDPOINT, SECRET})
+
+# Names one stream may subscribe to per type. A sidecar names the routes and endpoint sets of its
+# scope, a proxyless client the services it calls: thousands in a large mesh, not tens of thousands.
+MAX_NAMES_PER_TYPE = 10_000
 
 # Only these types have the legacy wildcard (a first request that names nothing means "*").
 LEGACY_WILDCARD_TYPES = frozenset({LISTENER, CLUSTER})
@@ -104,29 +119,72 @@ class TypeStatus:
     acked_version: str
 
 
+def checked_type(type_url: str) -> str:
+    """``type_url`` if this server serves it; ProtocolError otherwise."""
+    if not type_url:
+        raise ProtocolError("type_url: required on an aggregated stream")
+    if type_url not in SERVED_TYPES:
+        shown = type_url if len(type_url) <= 200 else type_url[:200] + "..."
+        raise ProtocolError(
+            f"type_url: {shown!r} is not served (Listener, RouteConfiguration, Cluster, ClusterLoadAssignment and Secret are)"
+        )
+    return type_url
+
+
+def check_name_count(count: int) -> None:
+    if count > MAX_NAMES_PER_TYPE:
+        raise ProtocolError(
+            f"resource_names: {count} names, at most {MAX_NAMES_PER_TYPE} may be subscribed per type"
+        )
+
+
+@dataclass(slots=True)
+class _TypeState:
+    """What both variants keep per type URL."""
+
+    subscription: Subscription = field(default_factory=Subscription)
+    sent_version: str = ""
+    acked_version: str = ""
+
+
+class _Stream:
+    """What both machines share: their types, and what the server and the admin view read of them."""
+
+    _types: Mapping[str, _TypeState]
+
+    def listener_names(self) -> frozenset[str] | None:
+        """The LDS names to generate for: None for a wildcard (or not yet asked) subscription."""
+        lds = self._types.get(LISTENER)
+        if lds is None or lds.subscription.wildcard:
+            return None
+        return frozenset(lds.subscription.names)
+
+    def status(self) -> dict[str, TypeStatus]:
+        return {
+            t: TypeStatus(s.subscription.describe(), s.sent_version, s.acked_version)
+            for t, s in self._types.items()
+        }
+
+
 # --- state of the world -----------------------------------------------------------------------------
 
 
 @dataclass(slots=True)
-class _SotwType:
-    subscription: Subscription = field(default_factory=Subscription)
+class _SotwType(_TypeState):
     named_ever: bool = False  # once a request named something, an empty list means "nothing"
     must_respond: bool = True
     nonce: str = ""
-    sent_version: str = ""
     sent_names: tuple[str, ...] = ()
-    acked_version: str = ""
 
 
-class SotwStream:
+class SotwStream(_Stream):
     def __init__(self) -> None:
         self._types: dict[str, _SotwType] = {}
         self._nonces = 0
 
     def receive(self, request: discovery_pb2.DiscoveryRequest) -> Received:
-        type_url: str = request.type_url
-        if not type_url:
-            raise ProtocolError("type_url: required on an aggregated stream")
+        type_url = checked_type(request.type_url)
+        check_name_count(len(request.resource_names))
         state = self._types.get(type_url)
         if state is None:
             state = self._types[type_url] = _SotwType()
@@ -135,7 +193,8 @@ class SotwStream:
         # earlier stream, and ignoring it would leave the client waiting forever.
         if request.response_nonce and state.nonce:
             if request.response_nonce != state.nonce:
-                # A newer response is on its way to the client, which will answer that one.
+                # A newer response is on its way to the client, which will ACK or NACK that one.
+                self._subscribe(type_url, state, list(request.resource_names))
                 return Received(stale=True)
             if request.HasField("error_detail"):
                 outcome = Nack(type_url, state.sent_version, state.sent_names, request.error_detail.message)
@@ -160,13 +219,6 @@ class SotwStream:
         if (sub.wildcard, frozenset(sub.names)) != before:
             state.must_respond = True
 
-    def listener_names(self) -> frozenset[str] | None:
-        """The LDS names to generate for: None for a wildcard (or not yet asked) subscription."""
-        lds = self._types.get(LISTENER)
-        if lds is None or lds.subscription.wildcard:
-            return None
-        return frozenset(lds.subscription.names)
-
     def responses(self, snapshot: EncodedResources) -> list[discovery_pb2.DiscoveryResponse]:
         out = []
         for type_url in push_order(self._types):
@@ -190,23 +242,14 @@ class SotwStream:
             )
         return out
 
-    def status(self) -> dict[str, TypeStatus]:
-        return {
-            t: TypeStatus(s.subscription.describe(), s.sent_version, s.acked_version)
-            for t, s in self._types.items()
-        }
-
 
 # --- incremental -------------------------------------------------------------------------------------
 
 
 @dataclass(slots=True)
-class _DeltaType:
-    subscription: Subscription = field(default_factory=Subscription)
+class _DeltaType(_TypeState):
     held: dict[str, str] = field(default_factory=dict)  # what the client holds: name -> version
     must_answer: set[str] = field(default_factory=set)  # names the next response must mention
-    sent_version: str = ""
-    acked_version: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,20 +259,22 @@ class _SentDelta:
     names: tuple[str, ...]
 
 
-class DeltaStream:
+class DeltaStream(_Stream):
     def __init__(self) -> None:
         self._types: dict[str, _DeltaType] = {}
         self._pending: OrderedDict[str, _SentDelta] = OrderedDict()
         self._nonces = 0
 
     def receive(self, request: discovery_pb2.DeltaDiscoveryRequest) -> Received:
-        type_url: str = request.type_url
-        if not type_url:
-            raise ProtocolError("type_url: required on an aggregated stream")
+        type_url = checked_type(request.type_url)
+        subscribe = list(request.resource_names_subscribe)
+        unsubscribe = list(request.resource_names_unsubscribe)
         state = self._types.get(type_url)
         first = state is None
         if state is None:
             state = self._types[type_url] = _DeltaType()
+        check_name_count(len(state.subscription.names | set(subscribe)))
+        check_name_count(len(request.initial_resource_versions))
         outcome: Ack | Nack | None = None
         stale = False
         if request.response_nonce:
@@ -241,8 +286,6 @@ class DeltaStream:
             else:
                 state.acked_version = sent.version
                 outcome = Ack(type_url, sent.version)
-        subscribe = list(request.resource_names_subscribe)
-        unsubscribe = list(request.resource_names_unsubscribe)
         if first:
             initial = dict(request.initial_resource_versions)
             state.held.update(initial)
@@ -284,12 +327,6 @@ class DeltaStream:
                 state.held.pop(name, None)
                 state.must_answer.discard(name)
 
-    def listener_names(self) -> frozenset[str] | None:
-        lds = self._types.get(LISTENER)
-        if lds is None or lds.subscription.wildcard:
-            return None
-        return frozenset(lds.subscription.names)
-
     def responses(self, snapshot: EncodedResources) -> list[discovery_pb2.DeltaDiscoveryResponse]:
         out = []
         for type_url in push_order(self._types):
@@ -330,9 +367,3 @@ class DeltaStream:
                 )
             )
         return out
-
-    def status(self) -> dict[str, TypeStatus]:
-        return {
-            t: TypeStatus(s.subscription.describe(), s.sent_version, s.acked_version)
-            for t, s in self._types.items()
-        }

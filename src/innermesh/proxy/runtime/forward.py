@@ -48,8 +48,9 @@ from innermesh.proxy.plan import (
     RetryPolicy,
     Route,
 )
-from innermesh.proxy.runtime import errors, wire
+from innermesh.proxy.runtime import errors, grpc, wire
 from innermesh.proxy.runtime.errors import Answer
+from innermesh.proxy.runtime.h2upstream import H2ClusterPool, H2Stream, H2Waiter
 from innermesh.proxy.runtime.limits import REPLAY_LIMIT, SHADOW_TIMEOUT
 from innermesh.proxy.runtime.messages import Downstream, Request, ResponseHead
 from innermesh.proxy.runtime.tcp import TunnelEnd, connect_endpoint
@@ -113,6 +114,7 @@ class Exchange:
         "listener",
         "request",
         "status",
+        "trailers",
     )
 
     def __init__(self, ctx: Context, down: Downstream, listener: ListenerHandle, request: Request) -> None:
@@ -121,6 +123,7 @@ class Exchange:
         self.listener = listener
         self.request = request
         self.status = 0  # the status sent to the client (0: none yet)
+        self.trailers: Headers | None = None  # an HTTP/2 upstream's, read by an HTTP/2 downstream
         self._state = _NEW
         self._body: list[bytes] = []  # chunks held: all of them while replayable, else the unsent ones
         self._body_size = 0
@@ -130,13 +133,13 @@ class Exchange:
         self._route: Route | None = None
         self._backend: Backend | None = None
         self._cluster: Cluster | None = None
-        self._cpool: ClusterPool | None = None
+        self._cpool: ClusterPool | H2ClusterPool | None = None
         self._cstats: ClusterStats | None = None
         self._hash: int | None = None
         self._set_cookie: bytes | None = None
         self._up_head = b""
-        self._conn: UpstreamConnection | None = None
-        self._waiter: Waiter | None = None
+        self._conn: UpstreamConnection | H2Stream | None = None
+        self._waiter: Waiter | H2Waiter | None = None
         self._attempt_endpoint: EndpointState | None = None
         self._tried: set[tuple[str, int]] = set()
         self._retries = 0
@@ -201,12 +204,8 @@ class Exchange:
                 return
             if fault.abort_grpc_status is not None:
                 # gRPC's "trailers-only" answer: HTTP 200 carrying the status in its headers.
-                headers = [
-                    (b"content-type", b"application/grpc"),
-                    (b"grpc-status", b"%d" % fault.abort_grpc_status),
-                    (b"grpc-message", b"fault injected"),
-                    (REASON_HEADER, errors.FAULT_ABORT.reason),
-                ]
+                reason = (REASON_HEADER, errors.FAULT_ABORT.reason)
+                headers = grpc.trailers_only(fault.abort_grpc_status, b"fault injected", [reason])
                 self._local(200, headers, b"")
                 return
         self._retry = action.retry
@@ -215,7 +214,7 @@ class Exchange:
         if cluster is None:
             self._answer(errors.CLUSTER_NOT_FOUND.with_status(action.missing_cluster_status))
             return
-        self._cpool = self.ctx.pools.cluster(backend.cluster, cluster.limits)
+        self._cpool = _pool_for(self.ctx, backend.cluster, cluster, self.request)
         self._cstats = self._cpool.stats
         self._cstats.rq_total += 1
         head = self.request.head
@@ -233,7 +232,7 @@ class Exchange:
         if self.request.expect_continue and not self._body_done:
             self.down.send_continue()
         if self._body_done:
-            if action.timeout:
+            if action.timeout or self.request.deadline is not None:
                 self._arm_timeout()
             if action.mirrors:
                 self._mirror()
@@ -274,15 +273,15 @@ class Exchange:
         if got is None:
             self._end_try()
             self._answer(errors.UPSTREAM_OVERFLOW)
-        elif isinstance(got, UpstreamConnection):
+        elif isinstance(got, (UpstreamConnection, H2Stream)):
             self.connection_ready(got)
         else:
             self._waiter = got
 
-    def connection_ready(self, conn: UpstreamConnection) -> None:
+    def connection_ready(self, conn: UpstreamConnection | H2Stream) -> None:
         self._waiter = None
         if self._state != _WAITING:  # gave up meanwhile (timeout, client gone)
-            conn.pool.cluster.release(conn)
+            _give_back(conn)
             return
         self._conn = conn
         self._reused = conn.requests > 0
@@ -366,13 +365,14 @@ class Exchange:
 
     def _arm_timeout(self) -> None:
         route = self._route
-        if (
-            self._timeout is None
-            and route is not None
-            and isinstance(route.action, Forward)
-            and route.action.timeout
-        ):
-            self._timeout = self.ctx.loop.call_later(route.action.timeout, self._timed_out)
+        if self._timeout is None and route is not None and isinstance(route.action, Forward):
+            timeout = route.action.timeout or None
+            deadline = self.request.deadline
+            if deadline is not None:  # the client's own (grpc-timeout) caps the route's
+                left = max(deadline - self.ctx.loop.time(), 0.0)
+                timeout = left if timeout is None else min(timeout, left)
+            if timeout is not None:
+                self._timeout = self.ctx.loop.call_later(timeout, self._timed_out)
 
     def _timed_out(self) -> None:
         self._timeout = None
@@ -507,7 +507,7 @@ class Exchange:
 
     def upgraded(self, head: ResponseHead, leftover: bytes) -> None:
         conn, self._conn = self._conn, None
-        assert conn is not None
+        assert isinstance(conn, UpstreamConnection)  # HTTP/2 streams never upgrade
         if self._state != _SENT or self.request.upgrade is None:
             conn.close(abort=True)
             self.upstream_failed(reset=False)
@@ -523,6 +523,27 @@ class Exchange:
         tunnel = self.down.open_tunnel(conn.transport, head, headers)
         conn.join_tunnel(tunnel, leftover)
         self._count_status()
+
+    def response_trailers(self, trailers: Headers) -> None:
+        if self._state == _STREAMING:
+            self.trailers = trailers
+
+    def upstream_refused(self) -> None:
+        """An HTTP/2 upstream refused the stream unprocessed: retried as the policy says
+        (``on_refused_stream``), or like a stale pooled connection (once, at once), as nothing of it
+        reached the application."""
+        self._conn = None
+        if self._state != _SENT:
+            return
+        self._end_try()
+        retry = self._retry
+        if retry is not None and retry.on_refused_stream and self._can_retry():
+            self._retry_later(errors.UPSTREAM_RESET)
+        elif not self._stale_retried and not self._dropped:
+            self._stale_retried = True
+            self._try()
+        else:
+            self._answer(errors.UPSTREAM_RESET)
 
     def downstream_paused(self) -> None:
         """The client's write buffer is full: stop reading the response."""
@@ -733,7 +754,7 @@ class Exchange:
             if endpoint is None:
                 continue
             head = self._upstream_head(route, action, None, self.request.head.authority, mirror=True)
-            cpool = self.ctx.pools.cluster(mirror.cluster, cluster.limits)
+            cpool = _pool_for(self.ctx, mirror.cluster, cluster, self.request)
             Shadow(
                 self.ctx,
                 cpool,
@@ -746,6 +767,23 @@ class Exchange:
 
 
 _UPGRADE_HEADERS = frozenset({b"connection", b"upgrade"})
+
+
+def _pool_for(ctx: Context, name: str, cluster: Cluster, request: Request) -> ClusterPool | H2ClusterPool:
+    """The pool that speaks the cluster's protocol: HTTP/2 for ``http2`` clusters, and for
+    ``downstream`` ones when the request came over HTTP/2; else HTTP/1.1."""
+    protocol = cluster.protocol
+    if protocol == "http2" or (protocol == "downstream" and request.http2):
+        return ctx.pools.h2.cluster(name, cluster.limits)
+    return ctx.pools.cluster(name, cluster.limits)
+
+
+def _give_back(conn: UpstreamConnection | H2Stream) -> None:
+    """Return a connection (or stream) that arrived after its requester gave up."""
+    if isinstance(conn, H2Stream):
+        conn.release()
+    else:
+        conn.pool.cluster.release(conn)
 
 
 class Shadow:
@@ -770,7 +808,7 @@ class Shadow:
     def __init__(
         self,
         ctx: Context,
-        cpool: ClusterPool,
+        cpool: ClusterPool | H2ClusterPool,
         endpoint: EndpointState,
         head: bytes,
         body: list[bytes],
@@ -784,8 +822,8 @@ class Shadow:
         self._body = body
         self._head_request = head_request
         self._timeout = timeout or SHADOW_TIMEOUT
-        self._conn: UpstreamConnection | None = None
-        self._waiter: Waiter | None = None
+        self._conn: UpstreamConnection | H2Stream | None = None
+        self._waiter: Waiter | H2Waiter | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._live = False
 
@@ -797,15 +835,15 @@ class Shadow:
         got = self._cpool.acquire(self._endpoint, self)
         if got is None:
             self._done()
-        elif isinstance(got, UpstreamConnection):
+        elif isinstance(got, (UpstreamConnection, H2Stream)):
             self.connection_ready(got)
         else:
             self._waiter = got
 
-    def connection_ready(self, conn: UpstreamConnection) -> None:
+    def connection_ready(self, conn: UpstreamConnection | H2Stream) -> None:
         self._waiter = None
         if not self._live:
-            conn.pool.cluster.release(conn)
+            _give_back(conn)
             return
         self._conn = conn
         conn.send_request(
@@ -842,7 +880,14 @@ class Shadow:
     def upgraded(self, head: ResponseHead, leftover: bytes) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            conn.close(abort=True)
+            conn.abort()
+        self._done()
+
+    def response_trailers(self, trailers: Headers) -> None:
+        pass  # read and dropped, as the body
+
+    def upstream_refused(self) -> None:
+        self._conn = None
         self._done()
 
     def _give_up(self) -> None:

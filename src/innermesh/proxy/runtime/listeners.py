@@ -23,7 +23,6 @@ import random
 from innermesh.proxy.plan import ListenerPlan, Plan
 from innermesh.proxy.runtime.context import Context, ListenerHandle, process_rng
 from innermesh.proxy.runtime.detect import DetectProtocol
-from innermesh.proxy.runtime.http1 import Http1Server
 from innermesh.proxy.runtime.tcp import TcpDownstream
 from innermesh.proxy.runtime.upstream import Pools
 from innermesh.proxy.stats import ProxyStats
@@ -98,10 +97,12 @@ class ProxyRuntime:
     async def _bind(self, ctx: Context, spec: ListenerPlan, plan: Plan) -> ListenerHandle:
         handle = ListenerHandle(spec, plan, self.stats.listener(spec.name))
 
-        def protocol() -> Http1Server | TcpDownstream | DetectProtocol:
+        def protocol() -> TcpDownstream | DetectProtocol:
             kind = handle.spec.protocol
             if kind == "http":
-                return Http1Server(ctx, handle)
+                # HTTP/1.1, or HTTP/2 with prior knowledge, by the first bytes (detect.py). With TLS,
+                # ALPN will choose instead: Http1Server or H2Server from the handshake's result.
+                return DetectProtocol(ctx, handle, http_only=True)
             if kind == "tcp":
                 return TcpDownstream(ctx, handle)
             return DetectProtocol(ctx, handle)

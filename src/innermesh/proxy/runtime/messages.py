@@ -32,6 +32,9 @@ class Request:
     request carried; ``has_proto`` and ``has_request_id`` whether it carried x-forwarded-proto and
     x-request-id. ``upgrade`` is the Upgrade header of a request that asks to switch protocols
     (``websocket``); ``expect_continue`` whether the client waits for ``100 Continue``.
+    ``http2``: the request came over HTTP/2 (clusters of protocol ``downstream`` answer in kind);
+    ``deadline``: the loop time by which the client gives up (gRPC's ``grpc-timeout``), which caps
+    the route timeout.
     """
 
     head: RequestHead
@@ -43,6 +46,8 @@ class Request:
     has_request_id: bool = False
     upgrade: bytes | None = None
     expect_continue: bool = False
+    http2: bool = False
+    deadline: float | None = None
 
 
 @dataclass(slots=True)
@@ -122,3 +127,12 @@ class ResponseSink(Protocol):
     def upgraded(self, head: ResponseHead, leftover: bytes) -> None:
         """The upstream switched protocols (101): the connection is the sink's to splice; it has
         left its pool. ``leftover`` is what the upstream sent after the head."""
+
+    # HTTP/2 upstreams only (h2upstream.py):
+
+    def response_trailers(self, trailers: Headers) -> None:
+        """The response's trailers (gRPC's status among them), before ``response_end``."""
+
+    def upstream_refused(self) -> None:
+        """The upstream refused the request unprocessed (REFUSED_STREAM, or a GOAWAY that excludes
+        its stream): it may be sent again."""

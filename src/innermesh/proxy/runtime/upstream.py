@@ -29,6 +29,7 @@ import httptools
 
 from innermesh.proxy.plan import ConnectionLimits, EndpointState, Headers, Plan
 from innermesh.proxy.runtime import wire
+from innermesh.proxy.runtime.h2upstream import H2Pools
 from innermesh.proxy.runtime.limits import (
     HIGH_WATER,
     IDLE_SWEEP_INTERVAL,
@@ -590,6 +591,7 @@ class Pools:
         self._clusters: dict[str, ClusterPool] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.TimerHandle | None = None
+        self.h2 = H2Pools(loop, stats)  # clusters whose protocol is HTTP/2 (h2upstream.py)
 
     def cluster(self, name: str, limits: ConnectionLimits) -> ClusterPool:
         cp = self._clusters.get(name)
@@ -619,6 +621,7 @@ class Pools:
             cp.close_idle(cp.keep)
             if cp.connections == 0 and cp.pending == 0 and cp.active == 0:
                 del self._clusters[name]
+        self.h2.retain(plan)
 
     def _sweep(self) -> None:
         now = self.loop.time()
@@ -638,3 +641,4 @@ class Pools:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.h2.close()

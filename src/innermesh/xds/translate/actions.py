@@ -3,17 +3,18 @@
 What a rule does, in this order of decision:
 
 1. A rule with a regular expression that RE2 and Python would not read alike is left out.
-2. A rule filter that cannot be honoured makes every request of the rule a 500 (a ``direct_response``):
-   an ExtensionRef that is not a FaultInjection or names none that exists (upstream: a filter that
-   cannot be resolved must not be skipped), and CORS, which the sidecar does not implement.
+2. A rule the mesh cannot implement as written (``api.attachment.rule_problems``, which route status
+   reports too: a filter the mesh lacks, such as CORS or anything but the header modifiers on a
+   backendRef, or an ExtensionRef that is not a FaultInjection or names none that exists) answers
+   every request it matches with 500 (a ``direct_response`` whose body says why): upstream says a
+   filter must never be skipped, and its requests must not fall through to another rule either.
 3. A RequestRedirect answers with a redirect.
 4. Otherwise requests are forwarded to the backendRefs by weight. A backendRef that cannot be resolved
-   (``backends.resolve``), or that carries a filter other than the header modifiers, stands for an
-   ``invalid|...`` cluster that Envoy and the sidecar are never given, so its share of requests gets
-   the route's ``cluster_not_found_response_code``: 500 for HTTPRoute, 503 for GRPCRoute (gRPC reads
-   it as UNAVAILABLE, which GRPCRoute requires); proxyless gRPC gets it as a cluster without endpoints
-   (see ``outbound``). Weight-0 refs get nothing; when nothing is left, or nothing valid, every request
-   gets that status directly.
+   (``backends.resolve``) stands for an ``invalid|...`` cluster that Envoy and the sidecar are never
+   given, so its share of requests gets the route's ``cluster_not_found_response_code``: 500 for
+   HTTPRoute, 503 for GRPCRoute (gRPC reads it as UNAVAILABLE, which GRPCRoute requires); proxyless
+   gRPC gets it as a cluster without endpoints (see ``outbound``). Weight-0 refs get nothing; when
+   nothing is left, or nothing valid, every request gets that status directly.
 
 Timeouts: ``timeouts.request`` -> ``RouteAction.timeout``, and ``0s`` when unset, because Gateway API
 routes have no timeout unless one is given while Envoy's default is 15 s. ``timeouts.backendRequest``
@@ -39,18 +40,17 @@ from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 
-from innermesh.api.attachment import is_fault_injection
+from innermesh.api.attachment import Unresolved, rule_problems
 from innermesh.api.gateway import (
     GRPCBackendRef,
     GRPCRouteMatch,
     GRPCRouteRule,
     HTTPBackendRef,
     HTTPRouteRule,
-    LocalObjectReference,
 )
-from innermesh.api.mesh import FaultInjection
 from innermesh.xds.state import MeshState, Route
 from innermesh.xds.translate import filters, hashing
+from innermesh.xds.translate.attachment import StateWorld
 from innermesh.xds.translate.backends import Target, resolve
 from innermesh.xds.translate.matches import (
     bad_regexes,
@@ -63,7 +63,6 @@ from innermesh.xds.translate.naming import invalid_cluster, route_name
 from innermesh.xds.translate.precedence import MatchKey, grpc_match_key, http_match_key
 from innermesh.xds.translate.protos import duration, gateway_duration, pack, u32
 
-_BACKEND_FILTERS = ("RequestHeaderModifier", "ResponseHeaderModifier")
 PREVIOUS_HOSTS = "envoy.retry_host_predicates.previous_hosts"
 HOST_SELECTION_ATTEMPTS = 5  # Istio's choice: tries to find an endpoint not yet tried
 _NOT_FOUND_HTTP = rc.RouteAction.INTERNAL_SERVER_ERROR
@@ -109,30 +108,27 @@ def _direct(status: int, reason: str) -> rc.DirectResponseAction:
     return rc.DirectResponseAction(status=status, body=base_pb2.DataSource(inline_string=reason))
 
 
-def _fault_injection(ctx: RuleContext, ref: LocalObjectReference) -> FaultInjection | None:
-    if not is_fault_injection(ref):
-        return None
-    return ctx.state.fault_injections.get((ctx.route.namespace, ref.name))
+def _problems(ctx: RuleContext) -> list[str]:
+    """Why the rule cannot be implemented as written (it then answers 500); empty when it can."""
+    return [p.message for p in rule_problems(ctx.route, ctx.rule_index, StateWorld(ctx.state))]
 
 
-def _apply_rule_filters(ctx: RuleContext, template: rc.Route, rule_filters: list[Any]) -> list[str]:
-    """Header modifiers and faults onto ``template``; return the problems that make the rule a 500."""
-    problems: list[str] = []
+def _rule_error(ctx: RuleContext, problems: list[str]) -> rc.DirectResponseAction:
+    route = ctx.route
+    where = f"{route.kind} {route.namespace}/{route.name} rules[{ctx.rule_index}]"
+    return _direct(500, f"innermesh: {where}: {'; '.join(problems)}")
+
+
+def _apply_rule_filters(ctx: RuleContext, template: rc.Route, rule_filters: list[Any]) -> None:
+    """Header modifiers and faults onto ``template`` (a rule whose ExtensionRefs resolve)."""
     for f in rule_filters:
         if f.type == "RequestHeaderModifier":
             filters.request_headers(template, f.request_header_modifier)
         elif f.type == "ResponseHeaderModifier":
             filters.response_headers(template, f.response_header_modifier)
         elif f.type == "ExtensionRef":
-            fi = _fault_injection(ctx, f.extension_ref)
-            if fi is None:
-                ref = f.extension_ref
-                problems.append(f"filter extensionRef {ref.group}/{ref.kind} {ref.name!r} cannot be resolved")
-            else:
-                template.typed_per_filter_config[filters.FAULT_FILTER].CopyFrom(pack(filters.fault(fi)))
-        elif f.type == "CORS":
-            problems.append("the CORS filter is not supported")
-    return problems
+            fi = ctx.state.fault_injections[(ctx.route.namespace, f.extension_ref.name)]
+            template.typed_per_filter_config[filters.FAULT_FILTER].CopyFrom(pack(filters.fault(fi)))
 
 
 def _mirrors(ctx: RuleContext, action: rc.RouteAction, rule_filters: list[Any]) -> None:
@@ -143,7 +139,7 @@ def _mirrors(ctx: RuleContext, action: rc.RouteAction, rule_filters: list[Any]) 
             continue
         # Upstream: a mirror whose backend cannot be resolved is dropped, not answered with errors.
         target = resolve(ctx.state, ctx.route, f.request_mirror.backend_ref)
-        if target is not None:
+        if isinstance(target, Target):
             action.request_mirror_policies.append(filters.mirror(ctx.clusters.add(target), f.request_mirror))
 
 
@@ -153,15 +149,16 @@ def _forward(
     weighted: list[rc.WeightedCluster.ClusterWeight] = []
     targets: list[Target] = []
     invalid: list[str] = []
+    unresolved: list[str] = []
     for i, ref in enumerate(refs):
         if ref.weight == 0:
             continue
         target = resolve(ctx.state, ctx.route, ref)
-        unsupported = [f.type for f in ref.filters or [] if f.type not in _BACKEND_FILTERS]
         entry = rc.WeightedCluster.ClusterWeight(weight=u32(ref.weight))
-        if target is None or unsupported:
+        if isinstance(target, Unresolved):
             entry.name = invalid_cluster(ctx.route, ctx.rule_index, i)
             invalid.append(entry.name)
+            unresolved.append(target.message)
         else:
             entry.name = target.cluster
             targets.append(target)
@@ -172,10 +169,13 @@ def _forward(
                     filters.response_headers(entry, f.response_header_modifier)
         weighted.append(entry)
     if not targets:
-        what = "no backendRef with a weight above 0" if not weighted else "no backendRef can be resolved"
-        return _direct(
-            ctx.error_status, f"innermesh: {ctx.route.kind} {ctx.route.namespace}/{ctx.route.name}: {what}"
-        )
+        route = ctx.route
+        if weighted:
+            what = f"no backendRef can be resolved ({'; '.join(unresolved)})"
+        else:
+            what = "no backendRef has a weight above 0"
+        where = f"{route.kind} {route.namespace}/{route.name} rules[{ctx.rule_index}]"
+        return _direct(ctx.error_status, f"innermesh: {where}: {what}")
     for target in targets:
         ctx.clusters.add(target)
     for name in invalid:
@@ -253,16 +253,18 @@ def http_rule(ctx: RuleContext, rule: HTTPRouteRule) -> list[Entry]:
         return []
     rule_filters = list(rule.filters or [])
     template = rc.Route()
-    problems = _apply_rule_filters(ctx, template, rule_filters)
     # replacePrefixMatch needs exactly one PathPrefix match (a CEL rule of the API), whose prefix it replaces.
     matched_prefix = rule.matches[0].path.value if len(rule.matches) == 1 else "/"
     redirect = next((f.request_redirect for f in rule_filters if f.request_redirect is not None), None)
     rewrite = next((f.url_rewrite for f in rule_filters if f.url_rewrite is not None), None)
+    problems = _problems(ctx)
     if problems:
-        template.direct_response.CopyFrom(_direct(500, "innermesh: " + "; ".join(problems)))
+        template.direct_response.CopyFrom(_rule_error(ctx, problems))
     elif redirect is not None:
+        _apply_rule_filters(ctx, template, rule_filters)
         template.redirect.CopyFrom(filters.redirect(redirect, matched_prefix, ctx.listener_port))
     else:
+        _apply_rule_filters(ctx, template, rule_filters)
         action = _forward(ctx, list(rule.backend_refs or []))
         if isinstance(action, rc.DirectResponseAction):
             template.direct_response.CopyFrom(action)
@@ -282,10 +284,11 @@ def grpc_rule(ctx: RuleContext, rule: GRPCRouteRule) -> list[Entry]:
         return []
     rule_filters = list(rule.filters or [])
     template = rc.Route()
-    problems = _apply_rule_filters(ctx, template, rule_filters)
+    problems = _problems(ctx)
     if problems:
-        template.direct_response.CopyFrom(_direct(500, "innermesh: " + "; ".join(problems)))
+        template.direct_response.CopyFrom(_rule_error(ctx, problems))
     else:
+        _apply_rule_filters(ctx, template, rule_filters)
         action = _forward(ctx, list(rule.backend_refs or []))
         if isinstance(action, rc.DirectResponseAction):
             template.direct_response.CopyFrom(action)
@@ -294,7 +297,9 @@ def grpc_rule(ctx: RuleContext, rule: GRPCRouteRule) -> list[Entry]:
             _timeouts(action, None, ctx.proxyless)
             template.route.CopyFrom(action)
     matches: list[GRPCRouteMatch | None] = list(rule.matches or []) or [None]
-    return _expand(ctx, template, [(grpc_match_key(m), grpc_match(m)) for m in matches])
+    return _expand(
+        ctx, template, [(grpc_match_key(m), grpc_match(m, proxyless=ctx.proxyless)) for m in matches]
+    )
 
 
 def default_action(state: MeshState, target: Target) -> rc.RouteAction:

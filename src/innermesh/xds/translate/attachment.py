@@ -2,9 +2,11 @@
 
 A route attaches to a Service port when one of its parentRefs names the Service (group ``""``, kind
 ``Service``) with no port or that port, and no sectionName or that port's name, and the route is
-Accepted for that parent (the same decision the route status controller writes, computed here from the
-same state so that status and data plane cannot disagree). Routes whose parentRefs name the Service but
-another port are ignored for this port.
+Accepted for that parent and that port (``api.attachment.service_attachment``: the same decision the
+route status controller writes, computed here from the same state so that status and data plane cannot
+disagree). Routes whose parentRefs name the Service but another port are ignored for this port. So are
+a route none of whose rules can be implemented (Accepted=False/IncompatibleFilters) and an HTTPRoute on
+a port a GRPCRoute of its namespace takes (Accepted=False/Conflicted, GEP-1426).
 
 GAMMA's two kinds of routes (https://gateway-api.sigs.k8s.io/mesh/):
 
@@ -24,9 +26,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from innermesh.api import mesh
-from innermesh.api.attachment import accepted_for_service
+from innermesh.api.attachment import service_attachment
 from innermesh.api.core import Service, ServicePort
-from innermesh.api.gateway import Gateway, GatewayClass, ParentReference, ReferenceGrant
+from innermesh.api.gateway import Gateway, GatewayClass, GRPCRoute, ReferenceGrant
 from innermesh.xds.state import MeshState, Route
 
 
@@ -55,6 +57,11 @@ class StateWorld:
     def fault_injection(self, namespace: str, name: str) -> mesh.FaultInjection | None:
         return self.state.fault_injections.get((namespace, name))
 
+    def grpc_routes_for_service(self, namespace: str, name: str) -> Sequence[GRPCRoute]:
+        return [
+            r for r in self.state.routes_by_service.get((namespace, name), ()) if isinstance(r, GRPCRoute)
+        ]
+
 
 @dataclass(frozen=True)
 class Attached:
@@ -67,18 +74,11 @@ class Attached:
         return bool(self.consumer or self.producer)
 
 
-def _selects_port(ref: ParentReference, svc: Service, port: ServicePort, route: Route) -> bool:
-    return (
-        ref.is_service
-        and (ref.namespace or route.namespace, ref.name) == (svc.namespace, svc.name)
-        and (ref.port is None or ref.port == port.port)
-        and (ref.section_name is None or ref.section_name == port.name)
-    )
-
-
 def attaches(route: Route, svc: Service, port: ServicePort, world: StateWorld) -> bool:
     return any(
-        _selects_port(ref, svc, port, route) and accepted_for_service(route, ref, world)[0]
+        ref.is_service
+        and (ref.namespace or route.namespace, ref.name) == (svc.namespace, svc.name)
+        and port.port in service_attachment(route, ref, world).ports
         for ref in route.spec.parent_refs or []
     )
 
@@ -106,6 +106,6 @@ def consumer_parents(state: MeshState, client_namespace: str) -> set[tuple[str, 
     out: set[tuple[str, str]] = set()
     for route in state.routes_in(client_namespace):
         for ref in route.spec.parent_refs or []:
-            if ref.is_service and accepted_for_service(route, ref, world)[0]:
+            if ref.is_service and service_attachment(route, ref, world).accepted:
                 out.add((ref.namespace or route.namespace, ref.name))
     return out

@@ -1,23 +1,21 @@
-"""Resolving a route's backendRefs (and mirror backendRefs) to Service ports, and so to clusters.
+"""A route's backendRefs (and mirror backendRefs) as Service ports, and so as clusters.
 
-A reference resolves when it names a core Service (group ``""``, kind ``Service``) that exists, in the
-route's namespace or in one whose ReferenceGrant lets this route kind from this namespace refer to it,
-and the Service has the referenced TCP port. Anything else cannot be resolved: its share of the
-requests gets an error status (see ``naming.invalid_cluster``), as the Gateway API requires.
-
-The port check goes beyond what the status controller's ResolvedRefs looks at: a port the Service does
-not have has no cluster, so treating it as resolved would only send requests to a cluster that does not
-exist.
+What a route sends requests to (``api.attachment.backend_refs``) and whether a reference resolves
+(``api.attachment.resolve_backend``: a core Service that exists, in the route's namespace or in one
+whose ReferenceGrant lets this route kind from this namespace refer to it, with the referenced TCP
+port) are the route status controller's own rules, so that ResolvedRefs says exactly which shares of
+requests get an error status (see ``naming.invalid_cluster``), as the Gateway API requires.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from innermesh.api.attachment import grant_allows
+from innermesh.api.attachment import Unresolved, backend_refs, resolve_backend
 from innermesh.api.core import Service, ServicePort
 from innermesh.api.gateway import BackendObjectReference
 from innermesh.xds.state import MeshState, Route
+from innermesh.xds.translate.attachment import StateWorld
 from innermesh.xds.types import outbound_cluster_name
 
 
@@ -30,32 +28,15 @@ class Target:
     cluster: str
 
 
-def service_port(svc: Service, number: int) -> ServicePort | None:
-    return next((p for p in svc.spec.ports or [] if p.port == number and p.protocol == "TCP"), None)
-
-
-def resolve(state: MeshState, route: Route, ref: BackendObjectReference) -> Target | None:
-    if not ref.is_service or ref.port is None:
-        return None
-    namespace = ref.namespace or route.namespace
-    if namespace != route.namespace and not grant_allows(
-        state.reference_grants_in(namespace), route.kind, route.namespace, ref.name
-    ):
-        return None
-    svc = state.service(namespace, ref.name)
-    if svc is None:
-        return None
-    port = service_port(svc, ref.port)
-    if port is None:
-        return None
-    return Target(svc, port, outbound_cluster_name(namespace, ref.name, ref.port, state.cluster_domain))
+def resolve(state: MeshState, route: Route, ref: BackendObjectReference) -> Target | Unresolved:
+    """The backendRef's Service port and cluster, or why it has none (as ResolvedRefs says it)."""
+    resolved = resolve_backend(route, ref, StateWorld(state))
+    if isinstance(resolved, Unresolved):
+        return resolved
+    svc, port = resolved
+    return Target(svc, port, outbound_cluster_name(svc.namespace, svc.name, port.port, state.cluster_domain))
 
 
 def route_targets(state: MeshState, route: Route) -> list[Target]:
-    """Every Service port ``route`` sends requests to: backendRefs with a weight, and the rules' request
-    mirrors (a mirror inside a backendRef's filters is not supported, see ``actions``)."""
-    refs: list[BackendObjectReference] = []
-    for rule in route.spec.rules or []:
-        refs += [f.request_mirror.backend_ref for f in rule.filters or [] if f.request_mirror is not None]
-        refs += [b for b in rule.backend_refs or [] if b.weight > 0]
-    return [t for t in (resolve(state, route, ref) for ref in refs) if t is not None]
+    """Every Service port ``route`` sends requests to."""
+    return [t for t in (resolve(state, route, ref) for ref in backend_refs(route)) if isinstance(t, Target)]

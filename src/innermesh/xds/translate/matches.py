@@ -11,7 +11,10 @@ HTTPRoute:
 
 GRPCRoute method matches become paths, since a gRPC call's path is ``/<service>/<method>``: both given
 -> ``path``; service only -> ``prefix: /<service>/``; method only or regular expressions ->
-``safe_regex``. A rule without matches matches every request (``prefix: /``).
+``safe_regex``. A rule without matches matches every gRPC request (``prefix: /``). For the sidecar every
+GRPCRoute match also sets ``grpc`` (content-type ``application/grpc`` or ``application/grpc+...``), so
+that a GRPCRoute never takes plain HTTP requests; proxyless gRPC gets no ``grpc`` field, as every call
+of its channel is gRPC and gRFC A28 ignores the field anyway.
 
 Regular expressions must mean the same to RE2 (Envoy, gRPC) and to Python's ``re`` (our sidecar);
 ``regex_problems`` finds the ones that would not, and a rule holding one is left out (the Gateway API
@@ -62,8 +65,10 @@ def http_match(match: HTTPRouteMatch, *, proxyless: bool) -> rc.RouteMatch:
     return out
 
 
-def grpc_match(match: GRPCRouteMatch | None) -> rc.RouteMatch:
+def grpc_match(match: GRPCRouteMatch | None, *, proxyless: bool) -> rc.RouteMatch:
     out = rc.RouteMatch()
+    if not proxyless:
+        out.grpc.SetInParent()
     method = match.method if match is not None else None
     if method is None:
         out.prefix = "/"

@@ -35,7 +35,7 @@ def add_outbound_clusters(
         cluster = outbound_cluster(state, target, proxyless=proxyless)
         out[CLUSTER][name] = cluster
         if uses_eds(cluster):
-            out[ENDPOINT][name] = load_assignment(state, target, zone)
+            out[ENDPOINT][name] = load_assignment(state, target, zone, proxyless=proxyless)
     if proxyless:
         for name in sorted(clusters.invalid):
             out[CLUSTER][name] = _empty_cluster(name)

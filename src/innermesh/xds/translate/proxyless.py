@@ -16,11 +16,11 @@ from __future__ import annotations
 from envoy.config.route.v3 import route_pb2
 
 from innermesh.api.addresses import parse_ip
+from innermesh.api.attachment import tcp_port
 from innermesh.api.core import Service, ServicePort
 from innermesh.xds.state import MeshState
 from innermesh.xds.translate.actions import Clusters
 from innermesh.xds.translate.attachment import attached_routes
-from innermesh.xds.translate.backends import service_port
 from innermesh.xds.translate.listeners import api_listener
 from innermesh.xds.translate.naming import HTTP_DEFAULT_PORT, service_domains
 from innermesh.xds.translate.outbound import add_outbound_clusters
@@ -65,7 +65,7 @@ def resolve_listener_name(
     svc = _service_for_host(state, host, client_namespace)
     if svc is None:
         return None
-    port = service_port(svc, port_number)
+    port = tcp_port(svc, port_number)
     return (svc, port) if port is not None else None
 
 

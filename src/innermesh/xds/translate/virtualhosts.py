@@ -6,9 +6,9 @@ Routes, in order:
    outbound listener: a CONNECT route (``connect_matcher``, upgrade ``CONNECT`` terminated by the proxy)
    to the port's own endpoints. Routes do not apply to ``tcp`` ports.
 2. The attached routes' rules, one Envoy route per match: consumer routes before producer routes
-   (GAMMA); within each, GRPCRoute rules before HTTPRoute rules (the Gateway API forbids merging the two
-   kinds; a gRPC call's path is what GRPCRoute rules are written against), each kind sorted by
-   ``precedence``.
+   (GAMMA); within each, GRPCRoute rules before HTTPRoute rules, each kind sorted by ``precedence``
+   (the Gateway API forbids merging the two kinds; within one namespace they never share a port, the
+   HTTPRoute being Conflicted, but a consumer group and a producer group may hold one kind each).
 3. When no route is attached at all: a default route, ``/`` to the port's own endpoints. When routes
    are attached, a request that matches none of them gets 404, as GAMMA requires.
 """
