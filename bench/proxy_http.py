@@ -11,8 +11,12 @@ For each proxy:
 - latency at one connection: ``wrk -t1 -c1 --latency`` p50/p99;
 - latency at a fixed 1,000 requests/s over 10 connections: ``bench/fixed_rate.py`` p50/p99
   (open loop, measured from the intended send time);
-- syscalls per request: ``perf stat -e raw_syscalls:sys_enter -p PID`` during a wrk run (first
-  repetition only), divided by the requests wrk made meanwhile;
+- syscalls per request: ``perf stat -e raw_syscalls:sys_enter -p PIDS`` (the peer's process tree:
+  nginx's worker, not only its master) during a wrk run before the repetitions, divided by the
+  requests wrk made meanwhile;
+- user and sys µs/request: the peer's process tree's user and kernel CPU time (/proc/PID/stat)
+  during the requests/s run, divided by its requests: where the per-core cost goes (the proxy's own
+  code, or the kernel's TCP, whose cost grows when core 0 idles and every write must wake it);
 - RSS: idle (before any load) and loaded (after the runs), from /proc/PID/status.
 
 The innermesh sidecar runs for real: an ``innermesh server`` holds a Service, the backend as a Workload,
@@ -108,6 +112,19 @@ def process_tree_rss_mb(pid: int) -> float:
     return sum(rss_mb(p) for p in process_tree(pid))
 
 
+def process_tree_cpu(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds used so far by a process and its children."""
+    user = system = 0
+    for p in process_tree(pid):
+        with contextlib.suppress(OSError):
+            # Fields after the command (which may hold spaces) start at the last ")".
+            fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
+            user += int(fields[11])
+            system += int(fields[12])
+    tick = os.sysconf("SC_CLK_TCK")
+    return user / tick, system / tick
+
+
 @dataclass
 class Peer:
     name: str
@@ -162,7 +179,7 @@ def syscalls_per_request(peer: Peer, seconds: float) -> float:
             "-e",
             "raw_syscalls:sys_enter",
             "-p",
-            str(peer.pid),
+            ",".join(map(str, process_tree(peer.pid))),
             "--",
             "sleep",
             str(seconds),
@@ -367,15 +384,20 @@ backend be
             order = peers[rep % len(peers) :] + peers[: rep % len(peers)]
             for peer in order:
                 before = core_busy(1)
+                cpu_before = process_tree_cpu(peer.pid) if peer.pid else (0.0, 0.0)
                 load = wrk(peer.url, peer.host, 50, args.seconds)
                 busy = core_busy(1) - before
+                cpu_after = process_tree_cpu(peer.pid) if peer.pid else (0.0, 0.0)
+                per_request = 1e6 / load["requests"] if peer.pid else float("nan")
                 one = wrk(peer.url, peer.host, 1, max(3.0, args.seconds / 2))
                 fixed = fixed_rate(peer.url, peer.host, args.seconds)
                 peer.runs.append(
                     {
                         "rps": load["rps"],
                         "non2xx": load["non2xx"],
-                        "core_us": busy / load["requests"] * 1e6 if peer.pid else float("nan"),
+                        "core_us": busy * per_request,
+                        "user_us": (cpu_after[0] - cpu_before[0]) * per_request,
+                        "sys_us": (cpu_after[1] - cpu_before[1]) * per_request,
                         "c1_p50": one["p50"],
                         "c1_p99": one["p99"],
                         "fixed_p50": fixed["p50_us"],
@@ -393,7 +415,7 @@ backend be
         print(
             f"backend: nginx return 200 (1 KiB) on core 0; load: wrk on core 0; proxies on core 1; {args.reps} reps x {args.seconds:g}s\n"
         )
-        head = f"{'peer':<10} {'req/s':>8} {'core µs/req':>11} {'vs haproxy':>10} {'c1 p50':>8} {'c1 p99':>8} {'1k/s p50':>9} {'1k/s p99':>9} {'sys/req':>7} {'RSS idle':>9} {'RSS load':>9}"
+        head = f"{'peer':<10} {'req/s':>8} {'core µs/req':>11} {'vs haproxy':>10} {'user µs':>8} {'kern µs':>8} {'c1 p50':>8} {'c1 p99':>8} {'1k/s p50':>9} {'1k/s p99':>9} {'sys/req':>7} {'RSS idle':>9} {'RSS load':>9}"
         print(head)
         print("-" * len(head))
         for peer in peers:
@@ -407,7 +429,7 @@ backend be
             loaded = process_tree_rss_mb(peer.pid) if peer.pid else float("nan")
             print(
                 f"{peer.name:<10} {med(peer, 'rps'):>8.0f} {med(peer, 'core_us'):>11.1f} {ratio:>9.2f}x "
-                f"{med(peer, 'c1_p50'):>7.0f}µs {med(peer, 'c1_p99'):>7.0f}µs {med(peer, 'fixed_p50'):>8.0f}µs "
+                f"{med(peer, 'user_us'):>8.1f} {med(peer, 'sys_us'):>8.1f} {med(peer, 'c1_p50'):>7.0f}µs {med(peer, 'c1_p99'):>7.0f}µs {med(peer, 'fixed_p50'):>8.0f}µs "
                 f"{med(peer, 'fixed_p99'):>8.0f}µs {syscalls[peer.name]:>7.2f} {peer.rss_idle:>7.1f}MB {loaded:>7.1f}MB"
             )
             bad = sum(r["non2xx"] + r["fixed_errors"] for r in peer.runs)
@@ -415,6 +437,7 @@ backend be
                 print(f"  !! {peer.name}: {bad:.0f} failed requests")
         print(
             "\ncore µs/req: the proxy core's busy time per request (lower is better); vs haproxy: HAProxy's core µs/req divided by this peer's (higher is better)"
+            "\nuser µs, kern µs: the peer's own CPU time per request in user space and in the kernel; sys/req: system calls per request"
         )
     return 0
 

@@ -29,6 +29,21 @@ class ListenerStats:
     bad_request: int = 0  # malformed HTTP answered 400/431 by the proxy
     no_route: int = 0
 
+    def count_status(self, status: int) -> None:
+        """One request answered with ``status`` (0: none could be sent)."""
+        self.rq_total += 1
+        c = status // 100
+        if c == 2:
+            self.rq_2xx += 1
+        elif c == 5:
+            self.rq_5xx += 1
+        elif c == 4:
+            self.rq_4xx += 1
+        elif c == 3:
+            self.rq_3xx += 1
+        else:
+            self.rq_1xx += 1
+
 
 @dataclass(slots=True)
 class ClusterStats:

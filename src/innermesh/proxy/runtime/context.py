@@ -9,11 +9,12 @@ from the next request on while the request in flight keeps the plan it started w
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import random
 from typing import TYPE_CHECKING, Protocol
 
-from innermesh.proxy.plan import ListenerPlan, Plan
+from innermesh.proxy.plan import ListenerPlan, Plan, RouteTable
 from innermesh.proxy.stats import ListenerStats, ProxyStats
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ class Connection(Protocol):
 
 
 class Context:
-    __slots__ = ("loop", "pools", "rng", "stats")
+    __slots__ = ("_id_prefix", "_ids", "loop", "pools", "rng", "stats")
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, stats: ProxyStats, pools: Pools, rng: random.Random
@@ -39,11 +40,21 @@ class Context:
         self.stats = stats
         self.pools = pools
         self.rng = rng
+        # Request ids: UUID4-shaped, a random prefix per process and a counter from a random start in
+        # the last 48 bits. Unique within the process for 2^48 requests and across processes as the
+        # prefixes are; no syscall (os.urandom is one) and no big-number formatting per request.
+        r = rng.getrandbits(76)
+        self._id_prefix = b"%08x-%04x-4%03x-%04x-" % (
+            r >> 44,
+            (r >> 28) & 0xFFFF,
+            (r >> 16) & 0xFFF,
+            r & 0xFFFF,
+        )
+        self._ids = itertools.count(rng.getrandbits(48))
 
     def request_id(self) -> bytes:
-        """A UUID4-shaped id from the process's generator: no syscall per request (os.urandom is one)."""
-        h = b"%032x" % self.rng.getrandbits(128)
-        return b"%s-%s-4%s-%s-%s" % (h[:8], h[8:12], h[13:16], h[16:20], h[20:])
+        """A new request id (see ``__init__``)."""
+        return b"%s%012x" % (self._id_prefix, next(self._ids) & 0xFFFFFFFFFFFF)
 
 
 def process_rng() -> random.Random:
@@ -52,14 +63,26 @@ def process_rng() -> random.Random:
 
 
 class ListenerHandle:
-    """One bound listener: its current spec, its connections (for draining) and counters."""
+    """One bound listener: its current spec and plan (with the route table the spec names, found once
+    per plan rather than per request), its connections (for draining) and counters."""
 
-    __slots__ = ("_emptied", "_plan", "connections", "draining", "name", "server", "spec", "stats")
+    __slots__ = (
+        "_emptied",
+        "connections",
+        "draining",
+        "name",
+        "plan",
+        "route_table",
+        "server",
+        "spec",
+        "stats",
+    )
 
     def __init__(self, spec: ListenerPlan, plan: Plan, stats: ListenerStats) -> None:
         self.name = spec.name
         self.spec = spec
-        self._plan = plan
+        self.plan = plan
+        self.route_table = _route_table(spec, plan)
         self.stats = stats
         self.connections: set[Connection] = set()
         self.server: asyncio.Server | None = None
@@ -67,11 +90,12 @@ class ListenerHandle:
         self._emptied = asyncio.Event()
 
     def plan_now(self) -> Plan:
-        return self._plan
+        return self.plan
 
     def swap(self, spec: ListenerPlan, plan: Plan) -> None:
         self.spec = spec
-        self._plan = plan
+        self.plan = plan
+        self.route_table = _route_table(spec, plan)
 
     def opened(self, conn: Connection) -> None:
         self.connections.add(conn)
@@ -92,3 +116,7 @@ class ListenerHandle:
         if self.connections:
             self._emptied.clear()
             await self._emptied.wait()
+
+
+def _route_table(spec: ListenerPlan, plan: Plan) -> RouteTable | None:
+    return plan.route_tables.get(spec.route_table) if spec.route_table else None

@@ -20,6 +20,12 @@ bodies up to ``REPLAY_LIMIT`` are kept as they stream; a larger body is dropped 
 request is not retried (nor mirrored). Once the response head has gone to the client nothing can be
 retried; a failure after that resets the client connection.
 
+The common request costs few calls: its head stays the bytes the client sent (``Request.raw``), the
+route's header mutations are applied to those bytes as precompiled ``wire.HeadEdit`` operations (and
+to the response head's bytes likewise), the header list is parsed only when something reads it (a
+route matching on headers, a hash policy, a rewrite), and the response head is handed on as bytes to
+an HTTP/1.1 client (``whole``) or as a header list to any other.
+
 Timeouts follow Envoy: the route timeout (``Forward.timeout``) runs from the end of the request to the
 end of the response, across retries; the per-try timeout from each try's start to the end of its
 response. Either firing before the response head went out answers 504 upstream_timeout (or retries,
@@ -31,9 +37,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from innermesh.proxy.balance import generated_cookie, hash_for
+from innermesh.proxy.matching import (
+    AnyPath,
+    ConnectMatch,
+    ExactPath,
+    PrefixPath,
+    RegexPath,
+    SeparatedPrefixPath,
+)
 from innermesh.proxy.plan import (
     REASON_HEADER,
     Backend,
@@ -41,12 +55,14 @@ from innermesh.proxy.plan import (
     DirectResponse,
     EndpointState,
     Forward,
+    HeaderMutation,
     Headers,
     PickContext,
     Plan,
-    Redirect,
+    RequestHead,
     RetryPolicy,
     Route,
+    VirtualHost,
 )
 from innermesh.proxy.runtime import errors, grpc, wire
 from innermesh.proxy.runtime.errors import Answer
@@ -71,11 +87,28 @@ _DONE = 4
 _TUNNEL = 5
 
 _MILLION = 1_000_000
+
+
+class WholeResponses(Protocol):
+    """An HTTP/1.1 downstream's shortcut: a whole response (a head forwardable as received, framed by
+    Content-Length, and its body) in one call, as ``send_response_head``, ``send_response_body``
+    and ``end_response`` would send it."""
+
+    def send_whole_response(self, status: int, head: bytes, body: bytes) -> None: ...
+
+
 _FIRST_TRY = PickContext()  # no hash, nothing to avoid: shared rather than built per request
 
 
 class Exchange:
-    """One request, from its head to the end of its response."""
+    """One request, from its head to the end of its response.
+
+    ``whole``: the downstream again, when it is an HTTP/1.1 one (``http1.Http1Server``): it writes
+    response heads from ``ResponseHead.raw``, reads their header list only when it must rebuild one,
+    and takes a whole response in one call. For any other downstream the exchange fills
+    ``ResponseHead.headers``, which an HTTP/1.1 upstream leaves empty when it passes a head on as
+    ``raw``.
+    """
 
     __slots__ = (
         "_answer_on_fail",
@@ -91,6 +124,7 @@ class Exchange:
         "_down_paused",
         "_dropped",
         "_hash",
+        "_hot",
         "_mirrored",
         "_plan",
         "_request_id",
@@ -108,6 +142,7 @@ class Exchange:
         "_up_head",
         "_up_paused",
         "_waiter",
+        "_whole",
         "ctx",
         "down",
         "holding",
@@ -117,20 +152,31 @@ class Exchange:
         "trailers",
     )
 
-    def __init__(self, ctx: Context, down: Downstream, listener: ListenerHandle, request: Request) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        down: Downstream,
+        listener: ListenerHandle,
+        request: Request,
+        *,
+        whole: WholeResponses | None = None,
+    ) -> None:
         self.ctx = ctx
         self.down = down
         self.listener = listener
         self.request = request
+        self._whole = whole
+        self._body: list[bytes] = []  # chunks held: all of them while replayable, else the unsent ones
+        self._body_done = not request.chunked and not request.length
         self.status = 0  # the status sent to the client (0: none yet)
         self.trailers: Headers | None = None  # an HTTP/2 upstream's, read by an HTTP/2 downstream
+        self.holding = False  # the request body is not read (backpressure), see _sync_hold
         self._state = _NEW
-        self._body: list[bytes] = []  # chunks held: all of them while replayable, else the unsent ones
         self._body_size = 0
-        self._body_done = not request.chunked and not request.length
         self._dropped = False  # some body bytes were sent and let go: no replay
         self._plan: Plan | None = None
         self._route: Route | None = None
+        self._hot: _Hot | None = None
         self._backend: Backend | None = None
         self._cluster: Cluster | None = None
         self._cpool: ClusterPool | H2ClusterPool | None = None
@@ -141,13 +187,12 @@ class Exchange:
         self._conn: UpstreamConnection | H2Stream | None = None
         self._waiter: Waiter | H2Waiter | None = None
         self._attempt_endpoint: EndpointState | None = None
-        self._tried: set[tuple[str, int]] = set()
+        self._tried: set[tuple[str, int]] | None = None  # endpoints a retry avoids (with a retry policy)
         self._retries = 0
         self._retry: RetryPolicy | None = None  # the route's, once it forwards
         self._reused = False
         self._stale_retried = False
         self._up_paused = False
-        self.holding = False
         self._down_paused = False
         self._request_id = b""
         self._answer_on_fail = errors.UPSTREAM_CONNECT_FAILURE
@@ -160,43 +205,61 @@ class Exchange:
 
     def start(self) -> None:
         """Route the request (with the listener's plan as it is now) and act on the route."""
-        plan = self._plan = self.listener.plan_now()
-        head = self.request.head
-        table_name = self.listener.spec.route_table
-        table = plan.route_tables.get(table_name) if table_name else None
-        vhost = table.lookup(head.authority) if table is not None else None
-        route = vhost.select(head) if vhost is not None else None
+        listener = self.listener
+        plan = self._plan = listener.plan
+        table = listener.route_table
+        request = self.request
+        head = request.head
+        route = None
+        if table is not None:
+            vhost = table.lookup(head.authority)
+            if vhost is not None:
+                if request.raw is not None:
+                    reads = _READS_HEADERS.get(id(vhost))
+                    if reads is None or reads[0] is not vhost:
+                        reads = _reads_headers(vhost)
+                    if reads[1]:
+                        self._head_fields()
+                route = vhost.select(head)
         if route is None:
-            self.listener.stats.no_route += 1
+            listener.stats.no_route += 1
             self._answer(errors.NO_ROUTE)
             return
         self._route = route
         action = route.action
-        if isinstance(action, DirectResponse):
+        if isinstance(action, Forward):
+            if head.method == b"CONNECT" and not action.tunnel:
+                self._answer(errors.CONNECT_NOT_ALLOWED)
+                return
+            fault = route.fault
+            if fault is not None and fault.delay and self._chance(fault.delay_per_million):
+                self._state = _WAITING
+                self._timer = self.ctx.loop.call_later(
+                    fault.delay, self._forward_delayed, route, action, plan
+                )
+                return
+            self._forward(route, action, plan)
+        elif isinstance(action, DirectResponse):
             self._local(action.status, self._route_response_headers([]), action.body)
-            return
-        if isinstance(action, Redirect):
+        else:
             location = [(b"location", action.location(head))]
             self._local(action.status, self._route_response_headers(location), b"")
-            return
-        if head.method == b"CONNECT" and not action.tunnel:
-            self._answer(errors.CONNECT_NOT_ALLOWED)
-            return
-        fault = route.fault
-        if fault is not None and fault.delay and self._chance(fault.delay_per_million):
-            self._state = _WAITING
-            self._timer = self.ctx.loop.call_later(fault.delay, self._forward)
-            return
-        self._forward()
 
-    def _forward(self) -> None:
+    def _head_fields(self) -> RequestHead:
+        """The request head with its header list, parsed from the raw head the first time it is read
+        (the HTTP/1.1 layer leaves it empty: most routes never look at it)."""
+        request = self.request
+        head = request.head
+        if request.raw is not None and not head.headers:
+            head.headers = wire.request_fields(request.raw)
+        return head
+
+    def _forward_delayed(self, route: Route, action: Forward, plan: Plan) -> None:
         self._timer = None
-        route = self._route
-        plan = self._plan
-        assert route is not None
-        assert plan is not None
-        assert isinstance(route.action, Forward)
-        action = route.action
+        self._forward(route, action, plan)
+
+    def _forward(self, route: Route, action: Forward, plan: Plan) -> None:
+        """Forward by ``route``: past a fault's abort, to a backend, with the head it gets."""
         fault = route.fault
         if fault is not None and fault.abort_per_million and self._chance(fault.abort_per_million):
             if fault.abort_http_status is not None:
@@ -208,63 +271,79 @@ class Exchange:
                 headers = grpc.trailers_only(fault.abort_grpc_status, b"fault injected", [reason])
                 self._local(200, headers, b"")
                 return
-        self._retry = action.retry
-        backend = self._backend = action.pick_backend(self.ctx.rng)
-        cluster = self._cluster = plan.clusters.get(backend.cluster)
+        if action.retry is not None:
+            self._retry = action.retry
+        hot = _HOT.get(id(route))
+        if hot is None or hot.route is not route:
+            hot = _new_hot(route)
+        backend = hot.backend or action.pick_backend(self.ctx.rng)
+        cluster = plan.clusters.get(backend.cluster)
         if cluster is None:
             self._answer(errors.CLUSTER_NOT_FOUND.with_status(action.missing_cluster_status))
             return
-        self._cpool = _pool_for(self.ctx, backend.cluster, cluster, self.request)
-        self._cstats = self._cpool.stats
-        self._cstats.rq_total += 1
-        head = self.request.head
+        request = self.request
+        cpool = _pool_for(self.ctx, backend.cluster, cluster, request)
+        self._hot, self._backend, self._cluster, self._cpool = hot, backend, cluster, cpool
+        cstats = self._cstats = cpool.stats
+        cstats.rq_total += 1
         if action.hash_policies:
+            head = self._head_fields()
             cookie = generated_cookie(action.hash_policies, head, self.ctx.rng)
             if cookie is not None:
                 self._set_cookie, self._hash = cookie
             else:
                 self._hash = hash_for(action.hash_policies, head)
-        if action.tunnel and head.method == b"CONNECT":
+        if action.tunnel and request.head.method == b"CONNECT":
             self._state = _WAITING
             self.ctx.pools.spawn(self._open_tunnel(cluster))
             return
-        self._up_head = self._upstream_head(route, action, backend, head.authority, mirror=False)
-        if self.request.expect_continue and not self._body_done:
-            self.down.send_continue()
-        if self._body_done:
-            if action.timeout or self.request.deadline is not None:
-                self._arm_timeout()
-            if action.mirrors:
-                self._mirror()
+        raw = request.raw
+        if raw is not None and hot.in_place:
+            edits = (
+                hot.request_edits
+                if hot.backend is not None
+                else _edits(route.request_headers, backend.request_headers)
+            )
+            self._up_head = wire.edit_head(raw, edits, self._forwarding_lines())
+        else:
+            self._up_head = self._rebuilt_head(route, action, backend, mirror=False)
+        if not self._body_done:
+            if request.expect_continue:
+                self.down.send_continue()
+        elif action.timeout or action.mirrors or request.deadline is not None:
+            self._arm_timeout()
+            self._mirror()
         self._try()
 
     # -- tries -------------------------------------------------------------------------------------------
 
     def _try(self) -> None:
+        """Pick an endpoint (avoiding those tried, with a retry policy) and get a connection to it."""
         self._timer = None
-        cluster, cpool = self._cluster, self._cpool
+        cluster, cpool, cstats = self._cluster, self._cpool, self._cstats
         assert cluster is not None
         assert cpool is not None
-        assert self._cstats is not None
+        assert cstats is not None
         if cpool.active >= cluster.limits.max_requests:
-            self._cstats.cx_overflow += 1
+            cstats.cx_overflow += 1
             self._answer(errors.UPSTREAM_OVERFLOW)
             return
         tried = self._tried
-        ctx = PickContext(self._hash, frozenset(tried)) if tried or self._hash is not None else _FIRST_TRY
-        endpoint = cluster.pick(ctx)
+        if tried or self._hash is not None:
+            endpoint = cluster.pick(PickContext(self._hash, frozenset(tried) if tried else frozenset()))
+        else:
+            endpoint = cluster.pick(_FIRST_TRY)
         if endpoint is None:
             if not tried:
-                self._cstats.no_healthy_upstream += 1
+                cstats.no_healthy_upstream += 1
                 self._answer(errors.NO_HEALTHY_UPSTREAM)
             else:
                 self._answer(self._answer_on_fail)
             return
         self._attempt_endpoint = endpoint
-        endpoint.active += 1
+        endpoint.requests.value += 1  # (EndpointState.active, without the property)
         cpool.active += 1
-        self._cstats.rq_active += 1
-        self._tried.add((endpoint.host, endpoint.port))
+        cstats.rq_active += 1
         self._state = _WAITING
         retry = self._retry
         if retry is not None and retry.per_try_timeout:
@@ -279,30 +358,37 @@ class Exchange:
             self._waiter = got
 
     def connection_ready(self, conn: UpstreamConnection | H2Stream) -> None:
-        self._waiter = None
+        if self._waiter is not None:
+            self._waiter = None
         if self._state != _WAITING:  # gave up meanwhile (timeout, client gone)
             _give_back(conn)
             return
         self._conn = conn
-        self._reused = conn.requests > 0
         self._state = _SENT
+        self._reused = conn.requests > 0
         self._up_paused = conn.write_paused
         if self._down_paused:
             conn.pause_reading()
         body = self._body
+        up_head = self._up_head
+        request = self.request
         conn.send_request(
             self,
-            self._up_head,
+            up_head,
             body,
             end=self._body_done,
-            chunked=self.request.chunked,
-            head_request=self.request.head.method == b"HEAD",
+            chunked=request.chunked,
+            head_request=request.head.method == b"HEAD",
         )
-        assert self._cstats is not None
-        self._cstats.bytes_sent += len(self._up_head) + sum(map(len, body))
-        if self._body_size > REPLAY_LIMIT and body:
-            body.clear()
-            self._dropped = True
+        cstats = self._cstats
+        assert cstats is not None
+        if body:
+            cstats.bytes_sent += len(up_head) + sum(map(len, body))
+            if self._body_size > REPLAY_LIMIT:
+                body.clear()
+                self._dropped = True
+        else:
+            cstats.bytes_sent += len(up_head)
         if self.holding or self._up_paused:
             self._sync_hold()
 
@@ -336,14 +422,19 @@ class Exchange:
         self._timer = self.ctx.loop.call_later(self.ctx.rng.random() * ceiling, self._try)
 
     def _end_try(self) -> None:
-        """Account for the end of a try (its endpoint's and cluster's in-flight counts)."""
+        """Account for the end of a try (its endpoint's and cluster's in-flight counts); with a retry
+        policy, remember the endpoint so that a retry avoids it."""
         endpoint, self._attempt_endpoint = self._attempt_endpoint, None
         if endpoint is not None:
-            endpoint.active -= 1
+            endpoint.requests.value -= 1
             assert self._cpool is not None
             assert self._cstats is not None
             self._cpool.active -= 1
             self._cstats.rq_active -= 1
+            if self._retry is not None:
+                if self._tried is None:
+                    self._tried = set()
+                self._tried.add((endpoint.host, endpoint.port))
         if self._try_timer is not None:
             self._try_timer.cancel()
             self._try_timer = None
@@ -450,17 +541,69 @@ class Exchange:
             self._end_try()
             self._retry_later(errors.UPSTREAM_RESET)
             return
+        self._respond(head)
+
+    def response_whole(self, head: bytes, data: bytes) -> None:
+        self._conn = None
+        if self._state != _SENT:
+            return
+        status = int(head[9:12])
+        retry = self._retry
+        if retry is not None and status in retry.on_status and self._can_retry():
+            self._end_try()
+            self._retry_later(errors.UPSTREAM_RESET)
+            return
+        size = len(head)
+        body = data[size:]
+        whole, hot, cstats = self._whole, self._hot, self._cstats
+        assert cstats is not None
+        if whole is None or hot is None or hot.backend is None or self._set_cookie is not None:
+            self._respond(ResponseHead(status, b"", [], head, len(body), False))
+            if body and self._state == _STREAMING:
+                self.response_body(body)
+            self.response_end()
+            return
+        # The common response: straight to an HTTP/1.1 client, in one write.
+        self._state = _STREAMING
+        if hot.response_edits:
+            head = wire.edit_head(head, hot.response_edits)
+        self.status = status
+        cstats.bytes_received += len(body)
+        endpoint = self._attempt_endpoint
+        if endpoint is not None and self._retry is None and self._try_timer is None:
+            # The end of the try (as _end_try): nothing to remember for a retry, no timer.
+            self._attempt_endpoint = None
+            endpoint.requests.value -= 1
+            cstats.rq_active -= 1
+            cpool = self._cpool
+            assert cpool is not None
+            cpool.active -= 1
+        else:
+            self._end_try()
+        whole.send_whole_response(status, head, body)
+        self._finish()
+
+    def _respond(self, head: ResponseHead) -> None:
+        """Send the response head on, with the route's and backend's mutations (and a cookie)."""
         self._state = _STREAMING
         route, backend = self._route, self._backend
         assert route is not None
         assert backend is not None
         headers: Headers | None = None
-        if route.response_headers is not None:
-            headers = route.response_headers.apply(head.headers)
-        if backend.response_headers is not None:
-            headers = backend.response_headers.apply(headers if headers is not None else head.headers)
-        if self._set_cookie is not None:
-            headers = [*(headers if headers is not None else head.headers), (b"set-cookie", self._set_cookie)]
+        route_m, backend_m, cookie = route.response_headers, backend.response_headers, self._set_cookie
+        if route_m is not None or backend_m is not None or cookie is not None:
+            if head.raw is not None:
+                extra = b"set-cookie: %s\r\n" % cookie if cookie is not None else b""
+                head.raw = wire.edit_head(head.raw, _edits(route_m, backend_m), extra)
+            else:
+                if route_m is not None:
+                    headers = route_m.apply(head.headers)
+                if backend_m is not None:
+                    headers = backend_m.apply(headers if headers is not None else head.headers)
+                if cookie is not None:
+                    headers = [*(headers if headers is not None else head.headers), (b"set-cookie", cookie)]
+        if head.raw is not None and self._whole is None and not head.headers:
+            head.headers = wire.header_fields(head.raw)
         self.status = status = head.status
         end = status < 200 or status == 204 or status == 304 or self.request.head.method == b"HEAD"
         self.down.send_response_head(head, headers, end)
@@ -495,7 +638,7 @@ class Exchange:
             # A pooled connection the upstream had closed while idle (its FIN was in flight): the
             # request never reached the application, so it is sent again once, on a new connection.
             self._stale_retried = True
-            self._tried.clear()
+            self._tried = None
             self._try()
             return
         retry = self._retry
@@ -571,15 +714,16 @@ class Exchange:
         """CONNECT on a tunnel route: connect to an endpoint (three tries, as for TCP), answer 200 and
         splice; 503 when no endpoint can be reached."""
         assert self._cstats is not None
+        tried: set[tuple[str, int]] = set()
         for _ in range(3):
-            endpoint = cluster.pick(PickContext(self._hash, frozenset(self._tried)))
+            endpoint = cluster.pick(PickContext(self._hash, frozenset(tried)))
             if endpoint is None:
-                if not self._tried:
+                if not tried:
                     self._cstats.no_healthy_upstream += 1
                     self._answer(errors.NO_HEALTHY_UPSTREAM)
                     return
                 break
-            self._tried.add((endpoint.host, endpoint.port))
+            tried.add((endpoint.host, endpoint.port))
             try:
                 transport, end = await connect_endpoint(
                     self.ctx.loop, endpoint, cluster.limits.connect_timeout
@@ -634,33 +778,38 @@ class Exchange:
         self.down.reset()
 
     def _finish(self) -> None:
-        self._cancel_timers()
+        if self._timer is not None or self._timeout is not None or self._try_timer is not None:
+            self._cancel_timers()
         self._state = _DONE
-        self._count_status()
+        status = self.status
+        lstats, cstats = self.listener.stats, self._cstats
+        if 199 < status < 300:  # (the counting of count_status, inline for the common status)
+            lstats.rq_total += 1
+            lstats.rq_2xx += 1
+            if cstats is not None:
+                cstats.rq_2xx += 1
+        else:
+            lstats.count_status(status)
+            if cstats is not None and status:
+                cstats.count_status(status)
         self.down.exchange_done()
 
     def _count_status(self) -> None:
-        stats = self.listener.stats
-        stats.rq_total += 1
-        c = self.status // 100
-        if c == 2:
-            stats.rq_2xx += 1
-        elif c == 5:
-            stats.rq_5xx += 1
-        elif c == 4:
-            stats.rq_4xx += 1
-        elif c == 3:
-            stats.rq_3xx += 1
-        else:
-            stats.rq_1xx += 1
-        if self._cstats is not None and self.status:
-            self._cstats.count_status(self.status)
+        status = self.status
+        self.listener.stats.count_status(status)
+        if self._cstats is not None and status:
+            self._cstats.count_status(status)
 
     def _cancel_timers(self) -> None:
-        for timer in (self._timer, self._timeout, self._try_timer):
-            if timer is not None:
-                timer.cancel()
-        self._timer = self._timeout = self._try_timer = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._timeout is not None:
+            self._timeout.cancel()
+            self._timeout = None
+        if self._try_timer is not None:
+            self._try_timer.cancel()
+            self._try_timer = None
 
     def _drop_upstream(self) -> None:
         if self._waiter is not None:
@@ -677,42 +826,48 @@ class Exchange:
     def _chance(self, per_million: int) -> bool:
         return per_million >= _MILLION or (per_million > 0 and self.ctx.rng.randrange(_MILLION) < per_million)
 
-    def _upstream_head(
-        self, route: Route, action: Forward, backend: Backend | None, authority: bytes, *, mirror: bool
-    ) -> bytes:
-        """The request head for the upstream: the client's bytes with lines appended when nothing
-        rewrites them, else rebuilt with the route's and backend's changes."""
+    def _forwarding_lines(self) -> bytes:
+        """The X-Forwarded-For (unless the client sent one, merged by the caller), X-Forwarded-Proto
+        and X-Request-Id lines the upstream gets, as far as the client did not send them."""
         req = self.request
         head = req.head
-        lines = []
+        if (
+            req.forwarded_for is None
+            and not req.has_proto
+            and not req.has_request_id
+            and not self._request_id
+        ):
+            # The common request: one memoized prefix (X-Forwarded-For, X-Forwarded-Proto) and the id.
+            rid = self._request_id = self.ctx.request_id()
+            prefix = _FORWARDED.get((head.source_ip, head.scheme)) or _forwarded(head.source_ip, head.scheme)
+            return prefix + rid + b"\r\n"
+        lines = b""
         if req.forwarded_for is None:
-            lines.append(b"x-forwarded-for: %s\r\n" % head.source_ip.encode())
+            lines = _XFF_LINES.get(head.source_ip) or _xff_line(head.source_ip)
         if not req.has_proto:
-            lines.append(b"x-forwarded-proto: %s\r\n" % head.scheme)
+            lines += _PROTO_LINES.get(head.scheme) or b"x-forwarded-proto: %s\r\n" % head.scheme
         if not req.has_request_id:
             if not self._request_id:
                 self._request_id = self.ctx.request_id()  # one id for the request and its mirrors
-            lines.append(b"x-request-id: %s\r\n" % self._request_id)
-        rewrite = (
-            req.raw is None
-            or mirror
-            or action.host_rewrite is not None
-            or action.path_rewrite is not None
-            or route.request_headers is not None
-            or (backend is not None and backend.request_headers is not None)
-        )
-        if not rewrite:
-            assert req.raw is not None
-            return wire.patch_head(req.raw, b"".join(lines))
+            lines += b"x-request-id: %s\r\n" % self._request_id
+        return lines
+
+    def _rebuilt_head(self, route: Route, action: Forward, backend: Backend | None, *, mirror: bool) -> bytes:
+        """The request head for the upstream, rebuilt from its parts: when the target, the host or
+        the framing changes, or the client's head had to be parsed (see ``_Hot.in_place`` for
+        when the client's bytes are edited instead)."""
+        req = self.request
+        lines = self._forwarding_lines()
+        head = self._head_fields()
         headers = head.headers
         if req.forwarded_for is not None:
             headers = [(k, v) for k, v in headers if k != b"x-forwarded-for"]
-            lines.append(b"x-forwarded-for: %s, %s\r\n" % (req.forwarded_for, head.source_ip.encode()))
+            lines += b"x-forwarded-for: %s, %s\r\n" % (req.forwarded_for, head.source_ip.encode())
         if route.request_headers is not None:
             headers = route.request_headers.apply(headers)
         if backend is not None and backend.request_headers is not None:
             headers = backend.request_headers.apply(headers)
-        host = action.host_rewrite or authority
+        host = action.host_rewrite or head.authority
         if mirror:
             host = wire.with_shadow_suffix(host)
         path = action.path_rewrite.apply(head.path) if action.path_rewrite is not None else head.path
@@ -724,14 +879,7 @@ class Exchange:
         if mirror and chunked:
             length, chunked = self._body_size, False  # the whole body is known by then
         return wire.request_head(
-            head.method,
-            target,
-            host,
-            headers,
-            length=length,
-            chunked=chunked,
-            keep=keep,
-            extra=b"".join(lines),
+            head.method, target, host, headers, length=length, chunked=chunked, keep=keep, extra=lines
         )
 
     def _mirror(self) -> None:
@@ -753,7 +901,7 @@ class Exchange:
             endpoint = cluster.pick(PickContext(self._hash))
             if endpoint is None:
                 continue
-            head = self._upstream_head(route, action, None, self.request.head.authority, mirror=True)
+            head = self._rebuilt_head(route, action, None, mirror=True)
             cpool = _pool_for(self.ctx, mirror.cluster, cluster, self.request)
             Shadow(
                 self.ctx,
@@ -766,6 +914,103 @@ class Exchange:
             ).start()
 
 
+# --- what the hot path derives from the plan once ---------------------------------------------------------
+
+# Derived values are memoized by the identity of the plan object they come from: plans are immutable, so
+# a value never goes stale; each entry keeps its object alive, so an id is not reused while its entry
+# exists. A new plan brings new objects; the memo is emptied when it outgrows its bound.
+_MEMO_LIMIT = 4096
+_HOT: dict[int, _Hot] = {}
+_EDITS: dict[int, wire.HeadEdit] = {}
+_READS_HEADERS: dict[int, tuple[VirtualHost, bool]] = {}
+_XFF_LINES: dict[str, bytes] = {}
+_FORWARDED: dict[tuple[str, bytes], bytes] = {}
+_PROTO_LINES = {b"http": b"x-forwarded-proto: http\r\n", b"https": b"x-forwarded-proto: https\r\n"}
+
+# Route matches that read the path (and method) only, unless their conditions name headers.
+_PATH_MATCHES = (AnyPath, ConnectMatch, ExactPath, PrefixPath, RegexPath, SeparatedPrefixPath)
+
+
+class _Hot:
+    """What forwarding by one route needs from it on every request, derived once.
+
+    ``backend`` is the route's only backend (None when it has several: each request picks one, and
+    the edits are then looked up for it); ``request_edits`` and ``response_edits`` the route's and
+    that backend's header mutations as head edits. ``in_place``: a request head that arrived as
+    forwardable bytes is edited in place, as no rewrite changes its target or host.
+    """
+
+    __slots__ = ("backend", "in_place", "request_edits", "response_edits", "route")
+
+    def __init__(self, route: Route) -> None:
+        self.route = route
+        action = route.action
+        assert isinstance(action, Forward)
+        self.backend = action.backends[0] if len(action.backends) == 1 else None
+        backend_request = self.backend.request_headers if self.backend is not None else None
+        backend_response = self.backend.response_headers if self.backend is not None else None
+        self.request_edits = _edits(route.request_headers, backend_request)
+        self.response_edits = _edits(route.response_headers, backend_response)
+        self.in_place = action.host_rewrite is None and action.path_rewrite is None
+
+
+def _new_hot(route: Route) -> _Hot:
+    if len(_HOT) >= _MEMO_LIMIT:
+        _HOT.clear()
+    hot = _HOT[id(route)] = _Hot(route)
+    return hot
+
+
+def _edit(mutation: HeaderMutation) -> wire.HeadEdit:
+    edit = _EDITS.get(id(mutation))
+    if edit is None or edit.mutation is not mutation:
+        if len(_EDITS) >= _MEMO_LIMIT:
+            _EDITS.clear()
+        edit = _EDITS[id(mutation)] = wire.HeadEdit(mutation)
+    return edit
+
+
+def _edits(first: HeaderMutation | None, second: HeaderMutation | None) -> tuple[wire.HeadEdit, ...]:
+    """The head edits of a route's and a backend's mutation (either may be absent), in that order."""
+    if first is None:
+        return () if second is None else (_edit(second),)
+    return (_edit(first),) if second is None else (_edit(first), _edit(second))
+
+
+def _reads_headers(vhost: VirtualHost) -> tuple[VirtualHost, bool]:
+    """Whether choosing a route of ``vhost`` may read request headers (a header or gRPC condition, or
+    a match kind this module does not know), memoized."""
+    reads = False
+    for route in vhost.routes:
+        match = route.match
+        when = getattr(match, "when", None)
+        if not isinstance(match, _PATH_MATCHES) or (when is not None and (when.headers or when.grpc)):
+            reads = True
+            break
+    if len(_READS_HEADERS) >= _MEMO_LIMIT:
+        _READS_HEADERS.clear()
+    entry = _READS_HEADERS[id(vhost)] = (vhost, reads)
+    return entry
+
+
+def _forwarded(source_ip: str, scheme: bytes) -> bytes:
+    """The forwarding lines of a request that carried none, up to its id."""
+    if len(_FORWARDED) >= _MEMO_LIMIT:
+        _FORWARDED.clear()
+    prefix = b"%sx-forwarded-proto: %s\r\nx-request-id: " % (_xff_line(source_ip), scheme)
+    _FORWARDED[(source_ip, scheme)] = prefix
+    return prefix
+
+
+def _xff_line(source_ip: str) -> bytes:
+    line = _XFF_LINES.get(source_ip)
+    if line is None:
+        if len(_XFF_LINES) >= _MEMO_LIMIT:
+            _XFF_LINES.clear()
+        line = _XFF_LINES[source_ip] = b"x-forwarded-for: %s\r\n" % source_ip.encode()
+    return line
+
+
 _UPGRADE_HEADERS = frozenset({b"connection", b"upgrade"})
 
 
@@ -775,6 +1020,9 @@ def _pool_for(ctx: Context, name: str, cluster: Cluster, request: Request) -> Cl
     protocol = cluster.protocol
     if protocol == "http2" or (protocol == "downstream" and request.http2):
         return ctx.pools.h2.cluster(name, cluster.limits)
+    cpool = ctx.pools.by_name.get(name)
+    if cpool is not None and cpool.limits is cluster.limits:
+        return cpool  # (Pools.cluster, without the call: this runs for every request)
     return ctx.pools.cluster(name, cluster.limits)
 
 
@@ -856,6 +1104,10 @@ class Shadow:
 
     def response_head(self, head: ResponseHead) -> None:
         self._cpool.stats.count_status(head.status)
+
+    def response_whole(self, head: bytes, data: bytes) -> None:
+        self._cpool.stats.count_status(int(head[9:12]))
+        self.response_end()
 
     def response_body(self, data: bytes) -> None:
         pass  # a shadow's response is read only to keep its connection reusable

@@ -5,15 +5,24 @@ the current read are parsed (so a small request's body is already in hand when i
 Requests are served one at a time, in order: a pipelined request is parsed and queued, and reading
 stops until the one before it is answered.
 
+Two paths read requests, with two llhttp parsers that each see whole messages:
+
+- The simple path takes a request whose head arrives whole at the start of a read on an idle
+  connection, whose head ``wire.simple_request`` accepts (HTTP/1.1, origin form, one Host, no
+  hop-by-hop field but ``Connection: keep-alive``, no Transfer-Encoding, Expect or X-Forwarded-For)
+  and whose body (by Content-Length) does not run into a next request in that read. Its parser has no
+  callbacks: llhttp validates the bytes, the scan has found the few fields that matter, and the head
+  goes upstream as the bytes received, with lines added (``Request.raw``).
+- The general path takes everything else (pipelined requests, heads split over reads, chunked
+  bodies, hop-by-hop fields, HTTP/1.0, absolute or authority targets): its parser calls back per
+  field, and the head is rebuilt for the upstream.
+
 What never reaches an upstream: llhttp rejects bad framing (both Content-Length and
 Transfer-Encoding, duplicate or invalid Content-Length, bad chunk sizes), invalid header names and
 values, obs-fold and bare LF; this module adds the rest of RFC 9112's rules: exactly one Host on
 HTTP/1.1, only the ``chunked`` transfer coding, versions 1.0 and 1.1, and the size limits (a head
 over ``MAX_HEAD_BYTES`` or with more than ``MAX_HEADERS`` fields gets 431). Each gets the proxy's
 own answer and the connection is closed.
-
-The fast path forwards the head as the client sent it, with the proxy's lines appended (see
-``Request.raw``): it is captured when the whole head arrived at the start of one read.
 
 Keep-alive: the client's wish (HTTP/1.1 without ``Connection: close``; HTTP/1.0 connections are
 closed after one response) and llhttp's verdict, read inside ``on_message_complete``. When the proxy
@@ -42,24 +51,20 @@ from innermesh.proxy.runtime.tcp import Tunnel
 
 log = logging.getLogger(__name__)
 
-# Request headers that need more than being kept in the header list. Those mapped to True mean the
-# head cannot be forwarded as received; "Connection: keep-alive" alone (which many clients send) is
-# true of the upstream hop too, so only other Connection values do.
-_SPECIAL = {
-    b"host": False,
-    b"content-length": False,
-    b"transfer-encoding": False,
-    b"x-forwarded-proto": False,
-    b"x-request-id": False,
-    b"connection": False,
-    b"keep-alive": True,
-    b"proxy-connection": True,
-    b"te": True,
-    b"trailer": True,
-    b"upgrade": True,
-    b"expect": True,
-    b"x-forwarded-for": True,
-}
+# Request headers the general path reads; the others are kept in the header list as they are.
+_SPECIAL = frozenset(
+    {
+        b"host",
+        b"content-length",
+        b"transfer-encoding",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-request-id",
+        b"connection",
+        b"upgrade",
+        b"expect",
+    }
+)
 _TUNNEL_KEEP = frozenset({b"connection", b"upgrade"})
 
 
@@ -70,14 +75,33 @@ class _Reject(Exception):
         self.answer = answer
 
 
+class _NoEvents:
+    """The simple path's parser protocol: llhttp validates and frames, nothing is called back."""
+
+
+_NO_EVENTS = _NoEvents()
+
+
 class _Incoming:
-    """The per-request facts the connection needs besides the exchange."""
+    """A request the connection has read the head of, until it is answered."""
+
+    __slots__ = ("complete", "exchange", "http11", "keep_alive", "upgrade")
+
+    def __init__(
+        self, exchange: Exchange, http11: bool, keep_alive: bool, complete: bool, upgrade: bytes | None
+    ) -> None:
+        self.exchange = exchange
+        self.http11 = http11
+        self.keep_alive = keep_alive
+        self.complete = complete  # the whole request (its body) has been read
+        self.upgrade = upgrade
+
+
+class _Parse:
+    """The general path's state while one request's head and body are parsed."""
 
     __slots__ = (
         "authority",
-        "chunked",
-        "complete",
-        "exchange",
         "expect",
         "fields",
         "forwarded_for",
@@ -85,10 +109,8 @@ class _Incoming:
         "has_request_id",
         "headers",
         "hosts",
-        "http11",
-        "keep_alive",
+        "incoming",
         "length",
-        "rebuild",
         "size",
         "tokens",
         "transfer_encoding",
@@ -105,18 +127,13 @@ class _Incoming:
         self.authority = b""
         self.length: int | None = None
         self.transfer_encoding: bytes | None = None
-        self.chunked = False
         self.tokens: set[bytes] = set()
-        self.rebuild = False
         self.expect = False
         self.upgrade: bytes | None = None
         self.forwarded_for: bytes | None = None
         self.has_proto = False
         self.has_request_id = False
-        self.keep_alive = True
-        self.http11 = True
-        self.complete = False
-        self.exchange: Exchange | None = None
+        self.incoming: _Incoming | None = None  # once the head is complete
 
 
 class Http1Server(asyncio.Protocol):
@@ -126,6 +143,8 @@ class Http1Server(asyncio.Protocol):
         "_active",
         "_active_in",
         "_between",
+        "_body_left",
+        "_checker",
         "_closing",
         "_ctx",
         "_early",
@@ -138,10 +157,10 @@ class Http1Server(asyncio.Protocol):
         "_parsing",
         "_peer",
         "_queue",
-        "_raw",
         "_reading_paused",
         "_resp_chunked",
         "_response_started",
+        "_simple_in",
         "_starting",
         "_tunnel",
         "_upgrading",
@@ -154,16 +173,18 @@ class Http1Server(asyncio.Protocol):
         self._ctx = ctx
         self.listener = listener
         self.transport: asyncio.Transport | None = None
-        self._parser = httptools.HttpRequestParser(self)
+        self._parser = httptools.HttpRequestParser(self)  # the general path's
+        self._checker = httptools.HttpRequestParser(_NO_EVENTS)  # the simple path's
+        self._body_left = 0  # body bytes the simple path's request still has to receive
         self._peer = ""
-        self._parsing: _Incoming | None = None  # the request being parsed
+        self._parsing: _Parse | None = None  # the request the general parser is in
         self._active_in: _Incoming | None = None  # the request being answered
+        self._simple_in: _Incoming | None = None  # the simple path's (see _simple_request)
         self._active: Exchange | None = None
         self._queue: deque[_Incoming] = deque()  # parsed, waiting for their turn
-        self._between = True  # no request is partly parsed
+        self._between = True  # the general parser is between requests
         self._in_head = False
         self._head_pending = 0
-        self._raw: bytes | None = None
         self._out: list[bytes] = []
         self._response_started = False
         self._resp_chunked = False
@@ -195,36 +216,24 @@ class Http1Server(asyncio.Protocol):
             self.data_received(early)
 
     def data_received(self, data: bytes) -> None:
+        if self._body_left:
+            self._simple_body(data)
+            return
         if self._tunnel is not None:
             self._tunnel.data(0, data)
             return
         if self._upgrading or self._error is not None:
             self._hold_early(data)
             return
-        if self._between:
-            end = data.find(b"\r\n\r\n")
-            self._raw = data[: end + 4] if end > 0 else None
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as e:
-            self._upgrading = True
-            self._hold_early(data[e.args[0] :])
-        except httptools.HttpParserCallbackError as e:
-            cause = e.__context__
-            self._malformed(
-                cause.answer if isinstance(cause, _Reject) else errors.BAD_REQUEST, str(cause or e)
-            )
-            return
-        except httptools.HttpParserError as e:
-            self._malformed(errors.BAD_REQUEST, str(e))
-            return
-        if self._in_head:
-            self._head_pending += len(data)
-            if self._head_pending > MAX_HEAD_BYTES:
-                self._malformed(errors.HEADERS_TOO_LARGE, "request head too large")
-                return
-        if self._active is None:
-            self._next()
+        if self._between and self._active is None and not self._closing:
+            end = data.find(b"\r\n\r\n") + 4
+            size = len(data)
+            if 4 < end <= MAX_HEAD_BYTES:
+                request = wire.simple_request(data if end == size else data[:end], self._peer, MAX_HEADERS)
+                if request is not None and size - end <= (request.length or 0):
+                    self._simple_request(request, data, end, size)
+                    return
+        self._general(data)
 
     def eof_received(self) -> bool:
         if self._tunnel is not None:
@@ -256,8 +265,9 @@ class Http1Server(asyncio.Protocol):
         if self._tunnel is not None:
             self._tunnel.lost(0)
             return
-        for inc in (self._active_in, self._parsing, *self._queue):
-            if inc is not None and inc.exchange is not None:
+        parsing = self._parsing.incoming if self._parsing is not None else None
+        for inc in (self._active_in, parsing, *self._queue):
+            if inc is not None:
                 inc.exchange.downstream_lost()
         self._queue.clear()
         self._active = self._active_in = self._parsing = None
@@ -273,90 +283,155 @@ class Http1Server(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    # -- httptools callbacks -----------------------------------------------------------------------------
+    # -- the simple path ---------------------------------------------------------------------------------
+
+    def _simple_request(self, request: Request, data: bytes, end: int, size: int) -> None:
+        """Serve a request ``wire.simple_request`` read: ``data`` (``size`` bytes) holds its head
+        (``end`` bytes) and nothing but (some of) its body after it."""
+        try:
+            self._checker.feed_data(data)
+        except httptools.HttpParserError as e:
+            self._malformed(errors.BAD_REQUEST, str(e))
+            return
+        exchange = self._active = Exchange(self._ctx, self, self.listener, request, whole=self)
+        left = self._body_left = (request.length or 0) - (size - end)
+        # The simple path's requests are never queued: one _Incoming per connection serves them all.
+        inc = self._simple_in
+        if inc is None:
+            inc = self._simple_in = _Incoming(exchange, True, True, not left, None)
+        else:
+            inc.exchange = exchange
+            inc.complete = not left
+        self._active_in = inc
+        self._response_started = False
+        if size > end:
+            exchange.request_body(data[end:])
+            if not left:
+                exchange.request_end()
+        if self._write_blocked:
+            exchange.downstream_paused()
+        exchange.start()
+
+    def _simple_body(self, data: bytes) -> None:
+        """More of the body of the simple path's request (and perhaps the next request after it)."""
+        left = self._body_left
+        rest = b""
+        if len(data) > left:
+            data, rest = data[:left], data[left:]
+        self._body_left = left - len(data)
+        self._checker.feed_data(data)  # a body by Content-Length: llhttp only counts it
+        inc = self._active_in
+        if inc is not None and not inc.complete:
+            inc.exchange.request_body(data)
+            if not self._body_left:
+                inc.complete = True
+                inc.exchange.request_end()
+        if rest:
+            self.data_received(rest)
+
+    # -- the general path --------------------------------------------------------------------------------
+
+    def _general(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as e:
+            self._upgrading = True
+            self._hold_early(data[e.args[0] :])
+        except httptools.HttpParserCallbackError as e:
+            cause = e.__context__
+            self._malformed(
+                cause.answer if isinstance(cause, _Reject) else errors.BAD_REQUEST, str(cause or e)
+            )
+            return
+        except httptools.HttpParserError as e:
+            self._malformed(errors.BAD_REQUEST, str(e))
+            return
+        if self._in_head:
+            self._head_pending += len(data)
+            if self._head_pending > MAX_HEAD_BYTES:
+                self._malformed(errors.HEADERS_TOO_LARGE, "request head too large")
+                return
+        if self._active is None:
+            self._next()
 
     def on_message_begin(self) -> None:
         self._between = False
         self._in_head = True
         self._head_pending = 0
-        self._parsing = _Incoming()
+        self._parsing = _Parse()
 
     def on_url(self, url: bytes) -> None:
-        inc = self._parsing
-        assert inc is not None
-        inc.url += url
-        inc.size += len(url)
+        p = self._parsing
+        assert p is not None
+        p.url += url
+        p.size += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        inc = self._parsing
-        assert inc is not None
+        p = self._parsing
+        assert p is not None
         if not self._in_head:
             return  # a trailer field of a chunked body: not forwarded (see the package README)
-        inc.size += len(name) + len(value) + 4
-        inc.fields += 1
-        if inc.fields > MAX_HEADERS:
+        p.size += len(name) + len(value) + 4
+        p.fields += 1
+        if p.fields > MAX_HEADERS:
             raise _Reject(errors.HEADERS_TOO_LARGE)
         name = name.lower()
-        special = _SPECIAL.get(name)
-        if special is None:
-            inc.headers.append((name, value))
+        value = value.rstrip(b" \t")  # llhttp drops the leading whitespace, not the trailing
+        if name not in _SPECIAL:
+            p.headers.append((name, value))
             return
-        if special:
-            inc.rebuild = True
         if name == b"host":
-            inc.hosts += 1
-            inc.authority = value.lower()
+            p.hosts += 1
+            p.authority = value.lower()
             return
         if name == b"content-length":
-            inc.length = int(value)
+            p.length = int(value)
         elif name == b"transfer-encoding":
-            inc.transfer_encoding = value
+            p.transfer_encoding = value
         elif name == b"connection":
-            inc.tokens |= wire.connection_tokens(value)
-            if value.lower() != b"keep-alive":
-                inc.rebuild = True
+            p.tokens |= wire.connection_tokens(value)
         elif name == b"expect":
             if value.lower() == b"100-continue":
-                inc.expect = True
+                p.expect = True
                 return  # answered by the proxy (see Exchange._forward), never forwarded
         elif name == b"upgrade":
-            inc.upgrade = value
+            p.upgrade = value
         elif name == b"x-forwarded-for":
-            inc.forwarded_for = value if inc.forwarded_for is None else inc.forwarded_for + b", " + value
+            p.forwarded_for = value if p.forwarded_for is None else p.forwarded_for + b", " + value
         elif name == b"x-forwarded-proto":
-            inc.has_proto = True
+            p.has_proto = True
         elif name == b"x-request-id":
-            inc.has_request_id = True
-        inc.headers.append((name, value))
+            p.has_request_id = True
+        p.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        inc = self._parsing
-        assert inc is not None
+        p = self._parsing
+        assert p is not None
         self._in_head = False
         self._head_pending = 0
-        if inc.size > MAX_HEAD_BYTES:
+        if p.size > MAX_HEAD_BYTES:
             raise _Reject(errors.HEADERS_TOO_LARGE)
         parser = self._parser
         version = parser.get_http_version()
         if version != "1.1" and version != "1.0":
             raise _Reject(errors.BAD_REQUEST)
-        http11 = inc.http11 = version == "1.1"
-        if (http11 and inc.hosts != 1) or inc.hosts > 1:
+        http11 = version == "1.1"
+        if (http11 and p.hosts != 1) or p.hosts > 1:
             raise _Reject(errors.BAD_REQUEST)  # RFC 9112 section 3.2: exactly one Host
-        if inc.transfer_encoding is not None:
-            if inc.transfer_encoding.strip().lower() != b"chunked":
+        chunked = False
+        if p.transfer_encoding is not None:
+            if p.transfer_encoding.strip().lower() != b"chunked":
                 raise _Reject(errors.BAD_REQUEST)  # no transfer coding but chunked is implemented
-            inc.chunked = True
+            chunked = True
         method: bytes = parser.get_method()
-        url = inc.url
-        raw = self._raw
+        url = p.url
         if url[:1] == b"/":
             path, _, query = url.partition(b"?")
         elif method == b"CONNECT":
             path, query = b"", b""
-            inc.authority = url.lower()
+            p.authority = url.lower()
         elif url == b"*" and method == b"OPTIONS":
-            path, query, raw = b"*", b"", None
+            path, query = b"*", b""
         else:
             # Absolute form (RFC 9112 section 3.2.2): the target's authority replaces Host.
             try:
@@ -365,46 +440,46 @@ class Http1Server(asyncio.Protocol):
                 raise _Reject(errors.BAD_REQUEST) from None
             if not parsed.host:
                 raise _Reject(errors.BAD_REQUEST)
-            inc.authority = parsed.host.lower() + (b":%d" % parsed.port if parsed.port else b"")
-            path, query, raw = parsed.path or b"/", parsed.query or b"", None
+            p.authority = parsed.host.lower() + (b":%d" % parsed.port if parsed.port else b"")
+            path, query = parsed.path or b"/", parsed.query or b""
         if b"#" in path:
             path = path.partition(b"#")[0]
-        inc.keep_alive = http11 and b"close" not in inc.tokens
-        if inc.upgrade is not None and not parser.should_upgrade():
-            inc.upgrade = None  # an Upgrade header without "Connection: upgrade" asks for nothing
-        if raw is not None and (inc.rebuild or not http11 or not raw.startswith(method)):
-            raw = None
-        head = RequestHead(method, path, query, inc.authority, inc.headers, b"http", self._peer)
+        upgrade = p.upgrade
+        if upgrade is not None and not parser.should_upgrade():
+            upgrade = None  # an Upgrade header without "Connection: upgrade" asks for nothing
+        head = RequestHead(method, path, query, p.authority, p.headers, b"http", self._peer)
         request = Request(
             head,
-            raw,
-            inc.length,
-            inc.chunked,
-            inc.forwarded_for,
-            inc.has_proto,
-            inc.has_request_id,
-            inc.upgrade,
-            inc.expect and http11,
+            None,
+            p.length,
+            chunked,
+            p.forwarded_for,
+            p.has_proto,
+            p.has_request_id,
+            upgrade,
+            p.expect and http11,
         )
-        inc.exchange = Exchange(self._ctx, self, self.listener, request)
+        exchange = Exchange(self._ctx, self, self.listener, request, whole=self)
+        keep_alive = http11 and b"close" not in p.tokens
+        inc = p.incoming = _Incoming(exchange, http11, keep_alive, False, upgrade)
         self._queue.append(inc)
         if len(self._queue) > 1 or self._active is not None:
             self._update_reading()  # pipelined: read no further until it is this one's turn
 
     def on_body(self, body: bytes) -> None:
-        inc = self._parsing
-        if inc is not None and inc.exchange is not None:
-            inc.exchange.request_body(body)
+        p = self._parsing
+        if p is not None and p.incoming is not None:
+            p.incoming.exchange.request_body(body)
 
     def on_message_complete(self) -> None:
-        inc = self._parsing
-        assert inc is not None
-        inc.keep_alive = inc.keep_alive and self._parser.should_keep_alive()
-        inc.complete = True
+        p = self._parsing
+        assert p is not None
         self._parsing = None
         self._between = True
-        self._raw = None
-        if inc.exchange is not None:
+        inc = p.incoming
+        if inc is not None:
+            inc.keep_alive = inc.keep_alive and self._parser.should_keep_alive()
+            inc.complete = True
             inc.exchange.request_end()
 
     # -- serving requests in order -----------------------------------------------------------------------
@@ -432,7 +507,6 @@ class Http1Server(asyncio.Protocol):
                 return
             inc = self._queue.popleft()
             exchange = inc.exchange
-            assert exchange is not None
             self._active_in, self._active = inc, exchange
             self._response_started = False
             self._update_reading()
@@ -448,7 +522,7 @@ class Http1Server(asyncio.Protocol):
         pause = (
             bool(self._queue and (active is not None or len(self._queue) > 1))
             or (active is not None and active.holding)
-            or (parsing is not None and parsing.exchange is not None and parsing.exchange.holding)
+            or (parsing is not None and parsing.incoming is not None and parsing.incoming.exchange.holding)
             or (self._upgrading and sum(map(len, self._early)) > HIGH_WATER)
         )
         if pause != self._reading_paused:
@@ -480,7 +554,6 @@ class Http1Server(asyncio.Protocol):
     def send_response_head(self, head: ResponseHead, headers: Headers | None, end: bool) -> None:
         inc = self._active_in
         assert inc is not None
-        assert inc.exchange is not None
         self._response_started = True
         close = self._will_close(inc)
         status = head.status
@@ -488,10 +561,13 @@ class Http1Server(asyncio.Protocol):
             status < 200 or status == 204 or status == 304 or inc.exchange.request.head.method == b"HEAD"
         )
         chunked = False
-        if head.raw is not None and headers is None and not close:
-            data = head.raw
+        raw = head.raw
+        if raw is not None and headers is None and not close:
+            data = raw
             chunked = head.chunked
         else:
+            if headers is None:
+                headers = head.headers if head.headers or raw is None else wire.header_fields(raw)
             length = head.length
             if not bodyless and length is None:
                 if inc.http11:
@@ -499,17 +575,29 @@ class Http1Server(asyncio.Protocol):
                 else:
                     close = self._closing = True  # HTTP/1.0 has no chunks: the close ends the body
             data = wire.response_head(
-                head.status,
-                head.reason,
-                headers if headers is not None else head.headers,
-                length=length,
-                chunked=chunked,
-                close=close,
+                head.status, head.reason, headers, length=length, chunked=chunked, close=close
             )
         self._resp_chunked = chunked and not bodyless
         self._out.append(data)
         if end:
             self.flush_response()
+
+    def send_whole_response(self, status: int, head: bytes, body: bytes) -> None:
+        inc = self._active_in
+        assert inc is not None
+        if self._will_close(inc):
+            response = ResponseHead(status, b"", [], head, len(body), False)
+            self.send_response_head(response, None, not body)
+            if body:
+                self.send_response_body(body)
+                self.end_response()
+            return
+        self._response_started = True
+        if self.transport is not None and not self._lost:
+            if body:
+                self.transport.writelines((head, body))
+            else:
+                self.transport.write(head)
 
     def send_response_body(self, data: bytes) -> None:
         if self._resp_chunked:
@@ -531,7 +619,6 @@ class Http1Server(asyncio.Protocol):
     def send_local(self, status: int, headers: Headers, body: bytes) -> None:
         inc = self._active_in
         assert inc is not None
-        assert inc.exchange is not None
         self._response_started = True
         close = self._will_close(inc)
         head_only = inc.exchange.request.head.method == b"HEAD"
@@ -567,10 +654,12 @@ class Http1Server(asyncio.Protocol):
         if head.raw is not None and headers is None:
             data = head.raw
         else:
+            if headers is None:
+                headers = head.headers if head.headers or head.raw is None else wire.header_fields(head.raw)
             data = wire.response_head(
                 head.status,
                 head.reason,
-                headers if headers is not None else head.headers,
+                headers,
                 length=None,
                 chunked=False,
                 close=False,
@@ -602,9 +691,10 @@ class Http1Server(asyncio.Protocol):
         log.debug("malformed request from %s on %s: %s", self._peer, self.listener.name, detail)
         self.listener.stats.bad_request += 1
         self._error = answer
-        inc = self._parsing
+        p = self._parsing
         self._parsing = None
-        if inc is not None and inc.exchange is not None:
+        inc = p.incoming if p is not None else None
+        if inc is not None:
             # The error is in the body of a request already being forwarded: it cannot complete.
             exchange = inc.exchange
             if exchange is self._active and self._response_started:
@@ -633,8 +723,8 @@ class Http1Server(asyncio.Protocol):
             self.transport.close()
 
     def _abort_parsing(self) -> None:
-        inc, self._parsing = self._parsing, None
-        if inc is not None and inc.exchange is not None:
-            inc.exchange.downstream_lost()
+        p, self._parsing = self._parsing, None
+        if p is not None and p.incoming is not None:
+            p.incoming.exchange.downstream_lost()
         if self.transport is not None:
             self.transport.close()

@@ -27,7 +27,7 @@ from typing import Any, Protocol, cast
 
 import httptools
 
-from innermesh.proxy.plan import ConnectionLimits, EndpointState, Headers, Plan
+from innermesh.proxy.plan import ConnectionLimits, EndpointState, Plan
 from innermesh.proxy.runtime import wire
 from innermesh.proxy.runtime.h2upstream import H2Pools
 from innermesh.proxy.runtime.limits import (
@@ -42,33 +42,36 @@ from innermesh.proxy.stats import ClusterStats, ProxyStats
 
 log = logging.getLogger(__name__)
 
-# Response headers that mean the head cannot be forwarded as received (hop-by-hop ones; framing other
-# than plain chunked is decided in on_header). "Connection: keep-alive" alone, which most servers
-# send, is true of the client's hop too when the head goes out untouched (only then: a response that
-# closes the client connection is rebuilt), so it does not count.
-_REBUILD = frozenset({b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade"})
+
+class _NoEvents:
+    """The whole-response path's parser protocol: llhttp validates, nothing is called back."""
+
+
+_NO_EVENTS = _NoEvents()
 
 
 class UpstreamConnection(asyncio.Protocol):
-    """One HTTP/1.1 connection to an endpoint; after a 101 it becomes one end of a ``Tunnel``."""
+    """One HTTP/1.1 connection to an endpoint; after a 101 it becomes one end of a ``Tunnel``.
+
+    A response head is read from its bytes (``wire.scan_response``) once llhttp has found its end, so
+    the parser calls back per message and per body piece, never per field. A head that can go to an
+    HTTP/1.1 client as received is handed on as ``ResponseHead.raw`` with an empty header list (the
+    exchange parses it for a client that needs one); any other comes with its header list and no
+    ``raw``.
+    """
 
     __slots__ = (
+        "_checker",
         "_chunked_request",
         "_close_delimited",
         "_delivered",
         "_fresh_parser",
-        "_head_bytes",
+        "_head_buf",
         "_head_request",
-        "_headers",
         "_in_head",
         "_interim",
-        "_length",
-        "_raw",
         "_read_paused",
-        "_rebuild",
         "_request_done",
-        "_resp_chunked",
-        "_started",
         "_tunnel",
         "_upgrade_head",
         "closed",
@@ -85,8 +88,9 @@ class UpstreamConnection(asyncio.Protocol):
     def __init__(self, pool: EndpointPool) -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
-        self.owner: ResponseSink | None = None
-        self.parser = httptools.HttpResponseParser(self)
+        self.owner: ConnectionSink | None = None
+        self.parser = httptools.HttpResponseParser(self)  # the general path's
+        self._checker = httptools.HttpResponseParser(_NO_EVENTS)  # the whole-response path's
         self.requests = 0
         self.idle_since = 0.0
         self.in_idle = False
@@ -98,19 +102,11 @@ class UpstreamConnection(asyncio.Protocol):
         self._request_done = True
         self._chunked_request = False
         self._head_request = False
-        self._reset_response()
-
-    def _reset_response(self) -> None:
-        self._started = False
-        self._in_head = False
-        self._head_bytes = 0
-        self._raw: bytes | None = None
-        self._headers: Headers = []
-        self._length: int | None = None
-        self._resp_chunked = False
-        self._rebuild = False
-        self._interim = False
-        self._delivered = False
+        # The response being read (reset by send_request):
+        self._in_head = True  # the bytes read are (the start of) a response head
+        self._head_buf = b""  # the current head's bytes so far
+        self._interim = False  # an interim (1xx) response is being read
+        self._delivered = False  # its head went to the owner
         self._close_delimited = False
         self._upgrade_head: ResponseHead | None = None
 
@@ -118,7 +114,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def send_request(
         self,
-        owner: ResponseSink,
+        owner: ConnectionSink,
         head: bytes,
         body: list[bytes],
         *,
@@ -138,7 +134,10 @@ class UpstreamConnection(asyncio.Protocol):
         self._request_done = end
         self._chunked_request = chunked
         self._head_request = head_request
-        self._reset_response()
+        self._in_head = True
+        self._head_buf = b""
+        self._interim = self._delivered = self._close_delimited = False
+        self._upgrade_head = None
         if chunked:
             parts = [head]
             for data in body:
@@ -210,19 +209,36 @@ class UpstreamConnection(asyncio.Protocol):
         if self._tunnel is not None:
             self._tunnel.data(1, data)
             return
-        if self.owner is None:
+        owner = self.owner
+        if owner is None:
             # Bytes nobody asked for (on an idle connection, or after a response we gave up on).
             self.close(abort=True)
             return
-        if not self._started:
-            self._started = self._in_head = True
-            if data.startswith(b"HTTP/1.1 "):
-                end = data.find(b"\r\n\r\n")
-                if end >= 0:
-                    self._raw = data[: end + 4]
         if self._in_head:
-            self._head_bytes += len(data)
-        owner = self.owner
+            if not self._head_buf and not self._interim and not self._head_request:
+                end = data.find(b"\r\n\r\n") + 4
+                head = data[:end]
+                if end > 4 and wire.simple_response_length(head) == len(data) - end:
+                    # A whole response framed by Content-Length, forwardable as received: llhttp
+                    # validates it without callbacks, and the owner gets it in one call once the
+                    # connection is back in its pool.
+                    try:
+                        self._checker.feed_data(data)
+                    except httptools.HttpParserError as e:
+                        log.debug("upstream %s:%d sent malformed HTTP: %s", self.pool.host, self.pool.port, e)
+                        self._fail(reset=False)
+                        return
+                    self.owner = None
+                    per_connection = self.pool.cluster.limits.max_requests_per_connection
+                    if self._request_done and (per_connection is None or self.requests < per_connection):
+                        if self._read_paused:
+                            self.resume_reading()
+                        self.pool.cluster.release(self)
+                    else:
+                        self.close()
+                    owner.response_whole(head, data)
+                    return
+            self._head_buf = self._head_buf + data if self._head_buf else data
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
@@ -232,7 +248,7 @@ class UpstreamConnection(asyncio.Protocol):
             log.debug("upstream %s:%d sent malformed HTTP: %s", self.pool.host, self.pool.port, e)
             self._fail(reset=False)
             return
-        if self._in_head and self._head_bytes > MAX_RESPONSE_HEAD_BYTES:
+        if self._in_head and len(self._head_buf) > MAX_RESPONSE_HEAD_BYTES:
             self._fail(reset=False)
         elif self.owner is owner and self._delivered:
             owner.response_flush()
@@ -278,75 +294,59 @@ class UpstreamConnection(asyncio.Protocol):
             # A response nobody asked for, right behind the last one: the server is out of step
             # with its requests, so the connection must not carry another (the raise ends it).
             raise ValueError("unsolicited response")
-        if self._interim:
-            # The final response after a 1xx: its head was not the first bytes, so it is rebuilt.
-            self._interim = False
-            self._headers = []
-            self._length = None
-            self._resp_chunked = False
-            self._rebuild = False
-            self._in_head = True
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        name = name.lower()
-        self._headers.append((name, value))
-        if name == b"content-length":
-            self._length = int(value)
-        elif name == b"transfer-encoding":
-            if value.strip().lower() == b"chunked":
-                self._resp_chunked = True
-            else:
-                raise ValueError("transfer-encoding other than chunked")
-        elif name == b"connection":
-            if value.lower() != b"keep-alive":
-                self._rebuild = True
-        elif name in _REBUILD:
-            self._rebuild = True
 
     def on_headers_complete(self) -> None:
+        buf = self._head_buf
+        end = buf.find(b"\r\n\r\n") + 4
+        head = buf[:end]
         status = self.parser.get_status_code()
-        self._in_head = False
         if status < 200 and status != 101:
             # 100 Continue and other interim responses are not forwarded: the proxy answered the
-            # client's Expect itself.
+            # client's Expect itself. The final response's head follows.
             self._interim = True
-            self._raw = None
+            self._head_buf = buf[end:]
             return
-        raw = self._raw if not self._rebuild else None
-        # The reason phrase is not kept (one callback less per response): a head that is rebuilt gets
-        # the standard phrase, as HTTP/2 has none anyway; one forwarded as received keeps its own.
-        head = ResponseHead(status, b"", self._headers, raw, self._length, self._resp_chunked)
+        self._in_head = False
+        self._head_buf = b""
+        scan = wire.scan_response(head)
+        if scan is None:
+            raise ValueError("a transfer coding other than chunked")
+        length, chunked = scan.length, scan.chunked
+        # The reason phrase is not kept: a head that is rebuilt gets the standard phrase, as HTTP/2
+        # has none anyway; one forwarded as received keeps its own.
         if status == 101:
-            self._upgrade_head = head
+            self._upgrade_head = ResponseHead(status, b"", wire.header_fields(head), None, length, chunked)
             return
-        if (
-            self._length is None
-            and not self._resp_chunked
-            and not self._head_request
-            and status != 204
-            and status != 304
-        ):
+        forwardable = scan.forwardable
+        if length is None and not chunked and not self._head_request and status != 204 and status != 304:
             self._close_delimited = True
-            head.raw = None  # re-framed for the client
+            forwardable = False  # re-framed for the client
+        if forwardable:
+            response = ResponseHead(status, b"", [], head, length, chunked)
+        else:
+            response = ResponseHead(status, b"", wire.header_fields(head), None, length, chunked)
         owner = self.owner
         if owner is None:
             return
         self._delivered = True
-        owner.response_head(head)
+        owner.response_head(response)
         if self._head_request and self.owner is owner:
             # The answer to HEAD ends with its head. A server that declared a body might send one
             # anyway (some do); its bytes would then be read as the next request's response, maybe
             # another client's, so such a connection is not reused.
             self._fresh_parser = True
-            declared = bool(self._length) or self._resp_chunked
+            declared = bool(length) or chunked
             self._finish(self.parser.should_keep_alive() and not declared)
 
     def on_body(self, body: bytes) -> None:
-        if self.owner is not None and not self._interim:
+        if self.owner is not None:
             self.owner.response_body(body)
 
     def on_message_complete(self) -> None:
-        if self._interim or self._upgrade_head is not None or self.owner is None:
+        if self._interim:
+            self._interim = False
+            return
+        if self._upgrade_head is not None or self.owner is None:
             return
         self._finish(self.parser.should_keep_alive())
 
@@ -354,8 +354,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _finish(self, keep_alive: bool) -> None:
         owner, self.owner = self.owner, None
-        limits = self.pool.cluster.limits
-        per_connection = limits.max_requests_per_connection
+        per_connection = self.pool.cluster.limits.max_requests_per_connection
         if (
             keep_alive
             and self._request_done
@@ -404,24 +403,32 @@ class Waiter:
 
 
 class ConnectionSink(ResponseSink, Protocol):
-    """A ``ResponseSink`` that asked a pool for a connection and is told when it has one."""
+    """A ``ResponseSink`` that asked a pool for a connection and is told when it has one, and that
+    takes a whole response in one call."""
 
     def connection_ready(self, conn: UpstreamConnection) -> None: ...
 
     def connection_failed(self) -> None: ...
 
+    def response_whole(self, head: bytes, data: bytes) -> None:
+        """A whole response read at once, framed by Content-Length and forwardable as received
+        (``wire.simple_response_length``): ``data`` is its head (``head``) and its body; the
+        connection is already back in its pool (or closed). As ``response_head`` (with ``head`` as
+        ``ResponseHead.raw``), ``response_body`` and ``response_end`` would say it."""
+
 
 class EndpointPool:
     """Connections to one endpoint of one cluster."""
 
-    __slots__ = ("cluster", "count", "host", "idle", "port")
+    __slots__ = ("cluster", "count", "host", "idle", "kept", "port")
 
-    def __init__(self, cluster: ClusterPool, host: str, port: int) -> None:
+    def __init__(self, cluster: ClusterPool, host: str, port: int, kept: bool) -> None:
         self.cluster = cluster
         self.host = host
         self.port = port
         self.idle: list[UpstreamConnection] = []  # the last one is the warmest
         self.count = 0  # open or opening
+        self.kept = kept  # the current plan has this endpoint: its connections go back to the pool
 
 
 class ClusterPool:
@@ -458,7 +465,8 @@ class ClusterPool:
         key = (endpoint.host, endpoint.port)
         pool = self.endpoints.get(key)
         if pool is None:
-            pool = self.endpoints[key] = EndpointPool(self, endpoint.host, endpoint.port)
+            kept = self.keep is None or key in self.keep
+            pool = self.endpoints[key] = EndpointPool(self, endpoint.host, endpoint.port, kept)
         idle = pool.idle
         if idle:
             deadline = self._pools.loop.time() - self.limits.idle_timeout
@@ -483,7 +491,7 @@ class ClusterPool:
     def release(self, conn: UpstreamConnection) -> None:
         """A connection that finished a request and may carry another."""
         pool = conn.pool
-        if self.keep is not None and (pool.host, pool.port) not in self.keep:
+        if not pool.kept:
             conn.close()  # its endpoint (or its whole cluster) left the plan
             return
         if self.waiting:
@@ -520,9 +528,11 @@ class ClusterPool:
                 del self.endpoints[(pool.host, pool.port)]
 
     def close_idle(self, keep: frozenset[tuple[str, int]] = frozenset()) -> None:
-        """Close the idle connections of every endpoint not in ``keep``."""
+        """Close the idle connections of every endpoint not in ``keep`` (and those in use when their
+        requests end)."""
         for key, pool in list(self.endpoints.items()):
-            if key not in keep:
+            pool.kept = key in keep
+            if not pool.kept:
                 for conn in list(pool.idle):
                     conn.close()
                 if pool.count == 0:
@@ -588,15 +598,15 @@ class Pools:
     def __init__(self, loop: asyncio.AbstractEventLoop, stats: ProxyStats) -> None:
         self.loop = loop
         self._stats = stats
-        self._clusters: dict[str, ClusterPool] = {}
+        self.by_name: dict[str, ClusterPool] = {}  # read directly on the hot path (forward.py)
         self._tasks: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.TimerHandle | None = None
         self.h2 = H2Pools(loop, stats)  # clusters whose protocol is HTTP/2 (h2upstream.py)
 
     def cluster(self, name: str, limits: ConnectionLimits) -> ClusterPool:
-        cp = self._clusters.get(name)
+        cp = self.by_name.get(name)
         if cp is None:
-            cp = self._clusters[name] = ClusterPool(self, name, limits, self._stats.cluster(name))
+            cp = self.by_name[name] = ClusterPool(self, name, limits, self._stats.cluster(name))
             if self._sweeper is None:
                 self._sweeper = self.loop.call_later(IDLE_SWEEP_INTERVAL, self._sweep)
         elif cp.limits is not limits:
@@ -613,19 +623,19 @@ class Pools:
     def retain(self, plan: Plan) -> None:
         """After a plan swap: close idle connections to clusters and endpoints it no longer has
         (those in use close when their requests end), and forget pools with no connection left."""
-        for name, cp in list(self._clusters.items()):
+        for name, cp in list(self.by_name.items()):
             cluster = plan.clusters.get(name)
             cp.keep = (
                 frozenset((e.host, e.port) for e in cluster.endpoints) if cluster is not None else frozenset()
             )
             cp.close_idle(cp.keep)
             if cp.connections == 0 and cp.pending == 0 and cp.active == 0:
-                del self._clusters[name]
+                del self.by_name[name]
         self.h2.retain(plan)
 
     def _sweep(self) -> None:
         now = self.loop.time()
-        for cp in self._clusters.values():
+        for cp in self.by_name.values():
             cp.sweep(now)
         self._sweeper = self.loop.call_later(IDLE_SWEEP_INTERVAL, self._sweep)
 
@@ -635,7 +645,7 @@ class Pools:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
-        for cp in self._clusters.values():
+        for cp in self.by_name.values():
             cp.close_idle()
         for task in list(self._tasks):
             task.cancel()
