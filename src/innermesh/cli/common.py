@@ -19,30 +19,15 @@ import yaml
 from innermesh.api import status as errors
 from innermesh.api.registry import Kind, UnknownKind
 from innermesh.api.scheme import REGISTRY
+from innermesh.cli.process import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliError, UsageError
 from innermesh.client.http import HttpClient
+
+__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "CliError", "UsageError"]  # re-exported for commands
 
 DEFAULT_SERVER = "http://127.0.0.1:7443"
 SERVER_ENV = "INNERMESH_SERVER"
 TOKEN_ENV = "INNERMESH_TOKEN"  # noqa: S105 (the variable's name, not a token)
 DEFAULT_NAMESPACE = "default"
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-
-
-class CliError(Exception):
-    """A failure to report on stderr (each line of ``message``), ending the command with ``code``."""
-
-    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code
-
-
-class UsageError(CliError):
-    def __init__(self, message: str) -> None:
-        super().__init__(message, EXIT_USAGE)
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:

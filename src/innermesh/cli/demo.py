@@ -22,15 +22,8 @@ from typing import Any
 
 from innermesh.api import status as errors
 from innermesh.cli import common
-from innermesh.cli.server import (
-    add_listen_flags,
-    add_log_flag,
-    configure_logging,
-    default_data_dir,
-    parse_listen,
-    run_loop,
-    startup_error,
-)
+from innermesh.cli.process import add_log_flag, configure_logging, parse_listen, run_loop
+from innermesh.cli.server import add_listen_flags, default_data_dir, startup_error
 
 NAMESPACE = "demo"
 MANIFESTS = Path("examples") / "demo"

@@ -8,28 +8,31 @@ Workload. Flags are checked before anything starts; a bad one is a one-line erro
 SIGINT and SIGTERM stop the proxy after draining its connections (exit 0).
 
 A sidecar runs beside every workload, so what it imports stays in every workload's memory: this
-module imports neither ``innermesh.cli.common`` (the API layer, pydantic, the aiohttp client) nor
-``innermesh.cli.server`` (which imports it); ``common`` comes in only to report an error. The few
-process helpers it shares in spirit with ``server`` (the log flag, HOST:PORT parsing, the uvloop
-runner) are therefore its own.
+module imports ``cli.process`` (light), never ``cli.common`` or ``cli.server`` (the API layer,
+pydantic, the aiohttp client).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
-import logging
 import signal
-from collections.abc import Coroutine
 from typing import Any
 
 from innermesh.api import names
+from innermesh.cli.process import (
+    EXIT_OK,
+    CliError,
+    UsageError,
+    add_log_flag,
+    configure_logging,
+    parse_listen,
+    run_loop,
+)
 
 DEFAULT_XDS = "127.0.0.1:15010"
 DEFAULT_OUTBOUND = "127.0.0.1:15001"
 DEFAULT_ADMIN = "127.0.0.1:15000"
-LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def add_parser(sub: Any) -> None:
@@ -70,20 +73,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--sotw", action="store_true", help="use state-of-the-world xDS instead of incremental (delta)"
     )
-    p.add_argument(
-        "--log-level",
-        type=str.lower,
-        choices=LOG_LEVELS,
-        default="info",
-        help=f"log level: {', '.join(LOG_LEVELS)} (default: info)",
-    )
+    add_log_flag(p)
     p.set_defaults(run=run, is_async=False)
-
-
-def _usage_error(message: str) -> Exception:
-    from innermesh.cli import common  # only on this path: see the module docstring
-
-    return common.UsageError(message)
 
 
 def _workload(text: str) -> tuple[str, str]:
@@ -93,7 +84,7 @@ def _workload(text: str) -> tuple[str, str]:
         problems += [f"namespace: {m}" for m in names.is_dns1123_label(namespace)]
         problems += [f"name: {m}" for m in names.is_dns1123_subdomain(name)]
     if problems:
-        raise _usage_error(f"error: --workload {text!r}: {problems[0]}")
+        raise UsageError(f"error: --workload {text!r}: {problems[0]}")
     return namespace, name
 
 
@@ -107,33 +98,11 @@ def _app_ports(values: list[str]) -> dict[int, int]:
             or not right.isdigit()
             or not all(0 < int(x) < 65536 for x in (left, right))
         ):
-            raise _usage_error(f"error: --app-port {text!r}: expected PORT=APP_PORT, ports from 1 to 65535")
+            raise UsageError(f"error: --app-port {text!r}: expected PORT=APP_PORT, ports from 1 to 65535")
         if int(left) in ports:
-            raise _usage_error(f"error: --app-port {text!r}: port {left} is given twice")
+            raise UsageError(f"error: --app-port {text!r}: port {left} is given twice")
         ports[int(left)] = int(right)
     return ports
-
-
-def parse_listen(text: str, flag: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) -> (host, port); a usage error naming the flag if not
-    (the rules of ``innermesh server``'s flags)."""
-    host, sep, port_text = text.rpartition(":")
-    problem = ""
-    if not sep or not host:
-        problem = "expected HOST:PORT"
-    elif not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        problem = "the port must be a number from 0 to 65535"
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            problem = problem or f"{host!r} is not an IPv6 address"
-    elif ":" in host:
-        problem = problem or "write an IPv6 address in brackets: [::1]:15001"
-    if problem:
-        raise _usage_error(f"error: {flag} {text!r}: {problem} (e.g. 127.0.0.1:15001)")
-    return host, int(port_text)
 
 
 def build_config(args: argparse.Namespace) -> Any:
@@ -167,28 +136,13 @@ async def serve(config: Any) -> None:
         await sidecar.stop()
 
 
-def _run_loop(main: Coroutine[Any, Any, None]) -> None:
-    """Run ``main`` on uvloop if it is installed, else on asyncio's default loop."""
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(main)
-        return
-    uvloop.run(main)
-
-
 def run(args: argparse.Namespace) -> int:
     config = build_config(args)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(args.log_level)
     try:
-        _run_loop(serve(config))
+        run_loop(serve(config))
     except KeyboardInterrupt:
-        return 0
+        return EXIT_OK
     except OSError as e:
-        from innermesh.cli import common  # only on this path: see the module docstring
-
-        raise common.CliError(f"error: the proxy could not start: {e.strerror or e}") from None
-    return 0
+        raise CliError(f"error: the proxy could not start: {e.strerror or e}") from None
+    return EXIT_OK

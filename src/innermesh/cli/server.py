@@ -9,22 +9,16 @@ when it is installed.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import ipaddress
-import logging
 import os
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from innermesh.cli import common
+from innermesh.cli.process import add_log_flag, configure_logging, parse_listen, run_loop
 
 DEFAULT_LISTEN = "127.0.0.1:7443"
 DEFAULT_XDS_LISTEN = "127.0.0.1:15010"
 DATA_DIR_ENV = "INNERMESH_DATA_DIR"
-LOG_LEVELS = ("debug", "info", "warning", "error")
-
-T = TypeVar("T")
 
 
 def default_data_dir() -> Path:
@@ -89,37 +83,6 @@ def add_xds_flag(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_log_flag(p: argparse.ArgumentParser, default: str = "info") -> None:
-    p.add_argument(
-        "--log-level",
-        type=str.lower,
-        choices=LOG_LEVELS,
-        default=default,
-        help=f"log level: {', '.join(LOG_LEVELS)} (default: {default})",
-    )
-
-
-def parse_listen(text: str, flag: str = "--listen") -> tuple[str, int]:
-    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) -> (host, port); UsageError naming the flag if not."""
-    host, sep, port_text = text.rpartition(":")
-    problem = ""
-    if not sep or not host:
-        problem = "expected HOST:PORT"
-    elif not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        problem = "the port must be a number from 0 to 65535"
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            problem = problem or f"{host!r} is not an IPv6 address"
-    elif ":" in host:
-        problem = problem or "write an IPv6 address in brackets: [::1]:7443"
-    if problem:
-        raise common.UsageError(f"error: {flag} {text!r}: {problem} (e.g. 127.0.0.1:7443)")
-    return host, int(port_text)
-
-
 def _check_etcd_endpoints(text: str) -> list[str]:
     endpoints = [e.strip() for e in text.split(",") if e.strip()]
     if not endpoints:
@@ -146,13 +109,6 @@ def _check_token_file(path: Path | None) -> Path | None:
     if not text.strip():
         raise common.UsageError(f"error: --token-file {str(path)!r}: the file is empty")
     return path
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
 
 
 def build_config(args: argparse.Namespace) -> Any:
@@ -183,16 +139,6 @@ def build_config(args: argparse.Namespace) -> Any:
         service_cidr=args.service_cidr,
         token_file=_check_token_file(args.token_file),
     )
-
-
-def run_loop(main: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine on uvloop if it is installed, else on asyncio's default loop."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main)
-    runner: T = uvloop.run(main)
-    return runner
 
 
 def startup_error(e: BaseException, config: Any) -> str:
