@@ -103,7 +103,9 @@ class Sidecar:
     async def _apply(self, resources: Resources) -> None:
         version = _version(resources)
         try:
-            plan = compile_plan(resources, self.plan, version=version)
+            # Off the event loop: building a Maglev table or a large ring takes tens of milliseconds,
+            # which requests in flight should not wait for (the GIL is shared in 5 ms slices, not held).
+            plan = await asyncio.to_thread(compile_plan, resources, self.plan, version=version)
         except PlanError as e:
             self.stats.config_rejected += 1
             log.warning("configuration %s rejected: %s", version, e)
