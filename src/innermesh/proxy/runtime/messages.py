@@ -53,9 +53,11 @@ class Request:
 @dataclass(slots=True)
 class ResponseHead:
     """An upstream's response head. ``headers`` have lower-case names; ``reason`` is empty for the
-    standard phrase. ``length`` is content-length
-    (None when absent); ``chunked`` the upstream's framing; ``raw`` the head as received when it can
-    be forwarded untouched (no hop-by-hop header but chunked framing, and a final status)."""
+    standard phrase. ``length`` is content-length (None when absent); ``chunked`` the upstream's
+    framing; ``raw`` the head as received when it can be forwarded untouched (no hop-by-hop header but
+    chunked framing, and a final status). When ``raw`` is set, an HTTP/1.1 upstream may leave
+    ``headers`` empty: the exchange parses them from ``raw`` only if something reads them (a response
+    header mutation, or a downstream that is not HTTP/1.1)."""
 
     status: int
     reason: bytes
