@@ -160,6 +160,40 @@ def wrk(url: str, host: str | None, connections: int, seconds: float) -> dict[st
     return result
 
 
+H2LOAD_RE = {
+    "rps": re.compile(r"finished in [\d.]+\w+, ([\d.]+) req/s"),
+    "requests": re.compile(r"requests: \d+ total, \d+ started, (\d+) done"),
+    "failed": re.compile(r"requests: .* (\d+) failed"),
+    "mean": re.compile(r"time for request:\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)"),
+}
+
+
+def h2load(url: str, host: str | None, connections: int, streams: int, seconds: float) -> dict[str, float]:
+    """HTTP/2 (h2c, prior knowledge) load with Debian's h2load; it reports a mean latency, no percentiles."""
+    cmd = ["taskset", "-c", "0", "h2load", f"-c{connections}", f"-m{streams}", f"-D{seconds:g}"]
+    if host:
+        cmd += ["-H", f":authority: {host}"]
+    out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
+    result: dict[str, float] = {}
+    for key, rx in H2LOAD_RE.items():
+        m = rx.search(out)
+        if m is None:
+            raise RuntimeError(f"cannot read {key} from h2load:\n{out}")
+        result[key] = float(m.group(1)) * (UNIT[m.group(2)] if key == "mean" else 1.0)
+    status = re.search(r"status codes: (\d+) 2xx", out)
+    result["non2xx"] = result["requests"] - (float(status.group(1)) if status else 0.0) + result["failed"]
+    return result
+
+
+def load(peer: Peer, connections: int, seconds: float, h2: bool) -> dict[str, float]:
+    """Closed-loop load: wrk over HTTP/1.1 keep-alive, or h2load with 10 streams per connection."""
+    if not h2:
+        return wrk(peer.url, peer.host, connections, seconds)
+    result = h2load(peer.url, peer.host, connections, 10 if connections > 1 else 1, seconds)
+    result["p50"] = result["p99"] = result["mean"]  # h2load gives no percentiles
+    return result
+
+
 def fixed_rate(url: str, host: str | None, seconds: float) -> dict[str, float]:
     cmd = ["taskset", "-c", "0", sys.executable, str(ROOT / "bench/fixed_rate.py"), "--url", url]
     cmd += ["--rate", "1000", "--seconds", str(seconds)] + (["--host", host] if host else [])
@@ -168,7 +202,7 @@ def fixed_rate(url: str, host: str | None, seconds: float) -> dict[str, float]:
     return result
 
 
-def syscalls_per_request(peer: Peer, seconds: float) -> float:
+def syscalls_per_request(peer: Peer, seconds: float, h2: bool = False) -> float:
     if peer.pid is None or shutil.which("perf") is None:
         return float("nan")
     perf = subprocess.Popen(
@@ -188,12 +222,12 @@ def syscalls_per_request(peer: Peer, seconds: float) -> float:
         text=True,
     )
     time.sleep(0.2)
-    load = wrk(peer.url, peer.host, 50, seconds - 1)
+    made = load(peer, 50, seconds - 1, h2)
     _, err = perf.communicate()
     m = re.search(r"^(\d+),", err, re.M)
     if m is None:
         return float("nan")
-    return int(m.group(1)) / load["requests"]
+    return int(m.group(1)) / made["requests"]
 
 
 # --- the peers -------------------------------------------------------------------------------------
@@ -301,6 +335,12 @@ def main() -> int:
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--only", help="comma-separated peers to run (direct,haproxy,nginx,innermesh)")
+    p.add_argument(
+        "--h2",
+        action="store_true",
+        help="clients speak HTTP/2 (h2c) to the proxies, which speak HTTP/1.1 to the backend (no direct row; "
+        "latency columns are h2load's mean; no fixed-rate run)",
+    )
     args = p.parse_args()
     if os.cpu_count() is None or os.cpu_count() < 2:  # type: ignore[operator]
         sys.exit("needs two cores")
@@ -318,7 +358,9 @@ def main() -> int:
         )
         stack.enter_context(process(["taskset", "-c", "0", "nginx", "-c", str(backend)], tmp / "backend.log"))
         wait_http(f"http://{LOOPBACK}:{backend_port}/")
-        peers: list[Peer] = [Peer("direct", f"http://{LOOPBACK}:{backend_port}/", None, None)]
+        peers: list[Peer] = (
+            [] if args.h2 else [Peer("direct", f"http://{LOOPBACK}:{backend_port}/", None, None)]
+        )
 
         hp = free_port()
         hcfg = tmp / "haproxy.cfg"
@@ -333,7 +375,7 @@ defaults
   timeout server 30s
   http-reuse always
 frontend fe
-  bind {LOOPBACK}:{hp}
+  bind {LOOPBACK}:{hp}{" proto h2" if args.h2 else ""}
   default_backend be
 backend be
   http-request set-header x-bench 1
@@ -350,7 +392,7 @@ backend be
             tmp,
             "proxy",
             f"""upstream be {{ server {LOOPBACK}:{backend_port}; keepalive 64; }}
-  server {{ listen {LOOPBACK}:{np_};
+  server {{ listen {LOOPBACK}:{np_}{" http2" if args.h2 else ""};
     location / {{ proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection "";
                  proxy_set_header x-bench 1; proxy_buffering on; }} }}""",
         )
@@ -377,24 +419,30 @@ backend be
             if peer.pid is not None:
                 time.sleep(0.5)
                 peer.rss_idle = process_tree_rss_mb(peer.pid)
-            wait_http(peer.url, peer.host)
+            if not args.h2:
+                wait_http(peer.url, peer.host)
 
-        syscalls = {peer.name: syscalls_per_request(peer, min(args.seconds, 8.0)) for peer in peers}
+        syscalls = {peer.name: syscalls_per_request(peer, min(args.seconds, 8.0), args.h2) for peer in peers}
         for rep in range(args.reps):
             order = peers[rep % len(peers) :] + peers[: rep % len(peers)]
             for peer in order:
                 before = core_busy(1)
                 cpu_before = process_tree_cpu(peer.pid) if peer.pid else (0.0, 0.0)
-                load = wrk(peer.url, peer.host, 50, args.seconds)
+                loaded_run = load(peer, 50, args.seconds, args.h2)
                 busy = core_busy(1) - before
                 cpu_after = process_tree_cpu(peer.pid) if peer.pid else (0.0, 0.0)
-                per_request = 1e6 / load["requests"] if peer.pid else float("nan")
-                one = wrk(peer.url, peer.host, 1, max(3.0, args.seconds / 2))
-                fixed = fixed_rate(peer.url, peer.host, args.seconds)
+                per_request = 1e6 / loaded_run["requests"] if peer.pid else float("nan")
+                one = load(peer, 1, max(3.0, args.seconds / 2), args.h2)
+                nan = float("nan")
+                fixed = (
+                    {"p50_us": nan, "p99_us": nan, "errors": 0.0}
+                    if args.h2
+                    else fixed_rate(peer.url, peer.host, args.seconds)
+                )
                 peer.runs.append(
                     {
-                        "rps": load["rps"],
-                        "non2xx": load["non2xx"],
+                        "rps": loaded_run["rps"],
+                        "non2xx": loaded_run["non2xx"],
                         "core_us": busy * per_request,
                         "user_us": (cpu_after[0] - cpu_before[0]) * per_request,
                         "sys_us": (cpu_after[1] - cpu_before[1]) * per_request,
@@ -413,7 +461,8 @@ backend be
         by_name = {p.name: p for p in peers}
         print(f"\ncommand: {shlex.join([sys.executable, *sys.argv])}")
         print(
-            f"backend: nginx return 200 (1 KiB) on core 0; load: wrk on core 0; proxies on core 1; {args.reps} reps x {args.seconds:g}s\n"
+            f"backend: nginx return 200 (1 KiB) on core 0; load: {'h2load -c50 -m10 (h2c)' if args.h2 else 'wrk -c50'} on core 0; "
+            f"proxies on core 1; {args.reps} reps x {args.seconds:g}s\n"
         )
         head = f"{'peer':<10} {'req/s':>8} {'core µs/req':>11} {'vs haproxy':>10} {'user µs':>8} {'kern µs':>8} {'c1 p50':>8} {'c1 p99':>8} {'1k/s p50':>9} {'1k/s p99':>9} {'sys/req':>7} {'RSS idle':>9} {'RSS load':>9}"
         print(head)
