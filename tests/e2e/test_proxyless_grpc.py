@@ -22,6 +22,7 @@ import pytest
 from innermesh.api.scheme import REGISTRY
 from innermesh.client.http import HttpClient
 from support.eventually import eventually
+from support.grpc_echo import GrpcEcho
 from support.server_process import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,33 +30,6 @@ NS = "default"
 SERVICE = REGISTRY.by_gvk("v1", "Service")
 WORKLOAD = REGISTRY.by_gvk("mesh.innermesh.io/v1alpha1", "Workload")
 GRPCROUTE = REGISTRY.by_gvk("gateway.networking.k8s.io/v1", "GRPCRoute")
-
-
-class Backend:
-    """One grpc echo server process (tests/support/grpc_echo.py)."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "support.grpc_echo", "--name", name, "--port", "0"],
-            cwd=ROOT / "tests",
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline()
-        assert line.startswith("READY "), f"grpc echo {name} did not start: {line!r}"
-        self.port = int(line.split()[1])
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        if self.process.stdout is not None:
-            self.process.stdout.close()
 
 
 class Client:
@@ -101,11 +75,11 @@ class Client:
 
 
 @pytest.fixture
-def backends() -> Iterator[dict[str, Backend]]:
-    started: dict[str, Backend] = {}
+def backends() -> Iterator[dict[str, GrpcEcho]]:
+    started: dict[str, GrpcEcho] = {}
     try:
         for name in ("e1", "e2", "e3", "e4"):
-            started[name] = Backend(name)
+            started[name] = GrpcEcho(name).start()
         yield started
     finally:
         for b in started.values():
@@ -130,7 +104,7 @@ def service(name: str, selector: dict[str, str]) -> dict[str, Any]:
 
 
 async def test_grpcio_follows_endpoints_and_a_weighted_split(
-    mesh_server: ServerProcess, api: HttpClient, backends: dict[str, Backend], tmp_path: Path
+    mesh_server: ServerProcess, api: HttpClient, backends: dict[str, GrpcEcho], tmp_path: Path
 ) -> None:
     await api.create(SERVICE, NS, service("echo", {"app": "echo"}))
     await api.create(SERVICE, NS, service("echo-v1", {"app": "echo", "version": "v1"}))

@@ -37,16 +37,14 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import os
-import select
 import signal
 import subprocess
-import sys
 import urllib.request
-from pathlib import Path
 from typing import Any, cast
 
 from aiohttp import WSMsgType, web
+
+from support.child import start_child, stop_child
 
 LOOPBACK = "127.0.0.1"
 SMALL_BODY = 4096
@@ -246,40 +244,18 @@ class EchoBackend:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 15.0) -> EchoBackend:
-        cmd = [sys.executable, "-m", "support.echo_backend", "--name", self.name, "--port", "0"]
+        args = ["--name", self.name, "--port", "0"]
         if self.tcp:
-            cmd += ["--tcp-port", "0"]
+            args += ["--tcp-port", "0"]
         if self.greeting:
-            cmd.append("--tcp-greeting")
-        tests_dir = str(Path(__file__).resolve().parent.parent)
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(filter(None, [tests_dir, os.environ.get("PYTHONPATH")])),
-        }
-        self.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env)
-        assert self.process.stdout is not None
-        ready, _, _ = select.select([self.process.stdout], [], [], timeout)
-        line = self.process.stdout.readline().decode() if ready else ""
-        if not line.startswith("READY "):
-            self.stop()
-            raise RuntimeError(f"echo backend {self.name} did not start (said {line!r})")
-        fields = dict(part.split("=") for part in line.split()[1:])
+            args.append("--tcp-greeting")
+        self.process, words = start_child("support.echo_backend", args, f"echo backend {self.name}", timeout)
+        fields = dict(part.split("=") for part in words)
         self.port, self.tcp_port = int(fields["http"]), int(fields["tcp"])
         return self
 
     def stop(self) -> None:
-        process = self.process
-        if process is None:
-            return
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
+        stop_child(self.process)
 
     def kill(self) -> None:
         """SIGKILL: the backend vanishes as a crashed process would."""

@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import select
 import signal
 import subprocess
 import sys
@@ -34,9 +32,10 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent import futures
-from pathlib import Path
 
 import grpc
+
+from support.child import start_child, stop_child
 
 SERVICE = "innermesh.test.Echo"
 ECHO = f"/{SERVICE}/Echo"
@@ -143,39 +142,13 @@ class GrpcEcho:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 15.0) -> GrpcEcho:
-        tests_dir = str(Path(__file__).resolve().parent.parent)
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(filter(None, [tests_dir, os.environ.get("PYTHONPATH")])),
-        }
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "support.grpc_echo", "--name", self.name, "--port", "0"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            env=env,
-        )
-        assert self.process.stdout is not None
-        ready, _, _ = select.select([self.process.stdout], [], [], timeout)
-        line = self.process.stdout.readline().decode() if ready else ""
-        if not line.startswith("READY "):
-            self.stop()
-            raise RuntimeError(f"grpc echo {self.name} did not start (said {line!r})")
-        self.port = int(line.split()[1])
+        args = ["--name", self.name, "--port", "0"]
+        self.process, words = start_child("support.grpc_echo", args, f"grpc echo {self.name}", timeout)
+        self.port = int(words[0])
         return self
 
     def stop(self) -> None:
-        process = self.process
-        if process is None:
-            return
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
+        stop_child(self.process)
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:

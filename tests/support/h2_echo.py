@@ -33,13 +33,9 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import os
-import select
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, cast
 from urllib.parse import parse_qs
 
@@ -56,6 +52,8 @@ from h2.events import (
 )
 from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes, Settings
+
+from support.child import start_child, stop_child
 
 LOOPBACK = "127.0.0.1"
 
@@ -289,35 +287,13 @@ class H2Echo:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 15.0) -> H2Echo:
-        tests_dir = str(Path(__file__).resolve().parent.parent)
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(filter(None, [tests_dir, os.environ.get("PYTHONPATH")])),
-        }
-        cmd = [sys.executable, "-m", "support.h2_echo", "--name", self.name, *self.args]
-        self.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env)
-        assert self.process.stdout is not None
-        ready, _, _ = select.select([self.process.stdout], [], [], timeout)
-        line = self.process.stdout.readline().decode() if ready else ""
-        if not line.startswith("READY "):
-            self.stop()
-            raise RuntimeError(f"h2 echo {self.name} did not start (said {line!r})")
-        self.port = int(line.split()[1])
+        args = ["--name", self.name, *self.args]
+        self.process, words = start_child("support.h2_echo", args, f"h2 echo {self.name}", timeout)
+        self.port = int(words[0])
         return self
 
     def stop(self) -> None:
-        process = self.process
-        if process is None:
-            return
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
+        stop_child(self.process)
 
     def stats(self) -> dict[str, Any]:
         """``/_count``'s answer, fetched over HTTP/2 with curl (a blocking call: use from a thread)."""
