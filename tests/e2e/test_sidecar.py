@@ -26,7 +26,7 @@ from innermesh.client.http import HttpClient
 from support.echo_backend import EchoBackend
 from support.eventually import eventually
 from support.proxy_process import ProxyProcess, running_proxy
-from support.server_process import LOOPBACK, ServerProcess
+from support.server_process import LOOPBACK, ServerProcess, free_port
 
 NS = "default"
 SERVICE = REGISTRY.by_gvk("v1", "Service")
@@ -247,7 +247,7 @@ async def test_inbound_listener_forwards_to_the_local_app(
     """A workload with its own sidecar: the Workload's port is the sidecar's inbound listener, which
     forwards to the app on another loopback port (``--app-port``)."""
     app = backends["canary"]
-    inbound_port = ProxyProcess(0, "x/y", tmp_path / "unused.log").outbound  # a free port
+    inbound_port = free_port()
     await api.create(SERVICE, NS, service("shop", {"app": "shop"}))
     await api.create(WORKLOAD, NS, workload("shop-1", inbound_port, {"app": "shop"}))
     with running_proxy(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from innermesh.proxy.runtime.listeners import ProxyRuntime
 from innermesh.proxy.stats import ProxyStats
 from innermesh.proxy.xdsclient import ConfigRejected, XdsClient
 from innermesh.xds.types import Resources
+from innermesh.xds.versions import encode, set_version
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +69,13 @@ class SidecarConfig:
 
 
 def _version(resources: Resources) -> str:
-    """A short content hash: the plan's version, shown in /config_dump and logs."""
-    h = hashlib.sha256()
-    for type_url in sorted(resources):
-        for name in sorted(resources[type_url]):
-            h.update(type_url.encode() + b"\0" + name.encode() + b"\0")
-            h.update(resources[type_url][name].SerializeToString(deterministic=True))
-    return h.hexdigest()[:12]
+    """The plan's version, shown in /config_dump and logs: the content versions the xDS server uses,
+    over every resource of every type."""
+    return set_version(
+        (f"{type_url}\0{name}", r.version)
+        for type_url, by_name in encode(resources).items()
+        for name, r in by_name.items()
+    )
 
 
 def _as_dict(message: Any) -> dict[str, Any]:

@@ -87,8 +87,6 @@ class MeshSource:
         self.cluster_domain = cluster_domain
         self._informers: dict[str, Informer[Any]] = {}
         for field_name, (api_version, kind_name) in WATCHED.items():
-            if field_name not in MeshState.__dataclass_fields__:
-                continue  # a kind the translator does not read yet
             kind: Kind = registry.by_gvk(api_version, kind_name)
             informer: Informer[Any] = Informer(client, kind)
             informer.add_handler(self._changed)
